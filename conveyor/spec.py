@@ -1,0 +1,386 @@
+"""The pipeline spec: one typed, validated description of a continuous-training pipeline.
+
+A spec is written in YAML and validated by pydantic. Defaults live here, in code. Relative
+paths in a spec resolve against the folder of the spec file. ``Spec.resolved_yaml()`` is what
+each run writes next to its outputs, and ``Spec.section_hash()`` gives content keys for caching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+TaskKind = Literal["classification", "detection", "segmentation"]
+
+# Metrics that gate rules may name, with the direction in which they improve.
+# Per-class metrics are written ``name[class]``, e.g. ``recall[7]``.
+METRIC_DIRECTIONS: dict[str, str] = {
+    "accuracy": "higher",
+    "f1": "higher",
+    "precision": "higher",
+    "recall": "higher",
+    "ece": "lower",
+    "map50": "higher",
+    "map": "higher",
+    "miou": "higher",
+    "boundary_iou": "higher",
+    "iou": "higher",
+    "fn_rate": "lower",
+    "latency_p50_ms": "lower",
+    "latency_p95_ms": "lower",
+    "throughput_ips": "higher",
+    "model_size_mb": "lower",
+    "peak_memory_mb": "lower",
+}
+PER_CLASS_METRICS = {"recall", "precision", "f1", "iou", "fn_rate"}
+
+_RULE_RE = re.compile(
+    r"^\s*(?P<metric>[a-z_0-9]+)(?:\[(?P<cls>[^\]]+)\])?\s*(?P<op>>=|<=|==|>|<)\s*(?P<value>[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*$"
+)
+
+
+class SpecError(ValueError):
+    """A spec that cannot be loaded or validated. The message names the field."""
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSpec(_Base):
+    source: str = Field(description="An image folder (one sub-folder per class) or a CSV/Parquet/JSONL manifest.")
+    format: Literal["auto", "folder", "manifest"] = "auto"
+    classes: list[str] | None = Field(
+        default=None, description="Allowed labels. If omitted, taken from the folder names or manifest labels."
+    )
+    min_side: int = Field(default=8, ge=1, description="Smallest accepted image side in pixels.")
+    max_side: int = Field(default=8192, ge=1, description="Largest accepted image side in pixels.")
+    max_pixels: int = Field(default=50_000_000, ge=1, description="Decompression-bomb limit (width x height).")
+    max_file_mb: float = Field(default=64.0, gt=0)
+
+    @model_validator(mode="after")
+    def _sides(self) -> "DataSpec":
+        if self.min_side > self.max_side:
+            raise ValueError(f"data.min_side ({self.min_side}) must be <= data.max_side ({self.max_side})")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError("data.classes has repeated names")
+        return self
+
+
+class NearDuplicateSpec(_Base):
+    enabled: bool = True
+    hash: Literal["phash", "dhash", "ahash", "whash"] = "phash"
+    hash_size: int = Field(default=8, ge=4, le=32)
+    max_distance: int = Field(default=2, ge=0, description="Hamming distance at or below which two images are near-duplicates.")
+
+
+class PrivacySpec(_Base):
+    exclude_cameras: list[str] = Field(default_factory=list)
+    exclude_scenes: list[str] = Field(default_factory=list)
+    drop_missing_camera: bool = False
+
+
+class CurationSpec(_Base):
+    exact_duplicates: Literal["drop", "keep"] = "drop"
+    near_duplicates: NearDuplicateSpec = Field(default_factory=NearDuplicateSpec)
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+
+
+class SplitSpec(_Base):
+    ratios: dict[Literal["train", "val", "test"], float] = Field(
+        default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15}
+    )
+    group_by: Literal["camera", "scene", "time", "none"] = "camera"
+    time_window: str = Field(default="1d", description="Window for group_by: time, e.g. 6h, 1d, 7d.")
+    frozen_eval: bool = Field(default=True, description="Keep val/test images fixed across cycles.")
+    new_groups_to: Literal["train", "ratio"] = Field(
+        default="train", description="Where images of groups never seen before go once the evaluation set is frozen."
+    )
+    min_per_class_eval: int = Field(default=1, ge=0, description="Minimum images of every class in val and test.")
+    seed: int = 0
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: dict[str, float]) -> dict[str, float]:
+        missing = {"train", "val", "test"} - set(v)
+        if missing:
+            raise ValueError(f"split.ratios needs train, val and test; missing {sorted(missing)}")
+        if any(r < 0 for r in v.values()):
+            raise ValueError("split.ratios must be >= 0")
+        total = sum(v.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split.ratios must sum to 1.0, got {total:g}")
+        if v["train"] <= 0 or v["test"] <= 0:
+            raise ValueError("split.ratios: train and test must be > 0")
+        return v
+
+    @field_validator("time_window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        parse_duration_s(v)
+        return v
+
+
+class AugmentSpec(_Base):
+    """Augmentations, applied to training images only."""
+
+    random_crop_padding: int = Field(default=0, ge=0)
+    hflip: bool = False
+    rotation_deg: float = Field(default=0.0, ge=0, le=180)
+    color_jitter: float = Field(default=0.0, ge=0, le=1)
+
+
+class TrainSpec(_Base):
+    model: str = "resnet10t"
+    image_size: int = Field(default=32, ge=8, le=2048)
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    seed: int = 0
+    num_threads: int = Field(default=2, ge=1)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class GateRule(_Base):
+    metric: str
+    cls: str | None = None
+    op: Literal[">=", "<=", ">", "<", "=="]
+    threshold: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.metric}[{self.cls}]" if self.cls is not None else self.metric
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.op} {self.threshold:g}"
+
+
+def parse_rule(text: str) -> GateRule:
+    m = _RULE_RE.match(text)
+    if not m:
+        raise ValueError(f"gate rule {text!r} is not of the form 'metric OP number' (OP one of >=, <=, >, <, ==)")
+    metric = m["metric"]
+    if metric not in METRIC_DIRECTIONS:
+        raise ValueError(f"gate rule {text!r}: unknown metric {metric!r}; allowed: {', '.join(sorted(METRIC_DIRECTIONS))}")
+    if m["cls"] is not None and metric not in PER_CLASS_METRICS:
+        raise ValueError(f"gate rule {text!r}: {metric} has no per-class form; per-class metrics: {sorted(PER_CLASS_METRICS)}")
+    return GateRule(metric=metric, cls=m["cls"], op=m["op"], threshold=float(m["value"]))
+
+
+class ChampionSpec(_Base):
+    """The challenger must beat or tie the champion on each metric, within ``tolerance``."""
+
+    metrics: list[str] = Field(default_factory=lambda: ["f1"])
+    tolerance: float = Field(default=0.0, ge=0)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for name in v:
+            base = name.split("[", 1)[0]
+            if base not in METRIC_DIRECTIONS:
+                raise ValueError(f"unknown metric {name!r}; allowed: {', '.join(sorted(METRIC_DIRECTIONS))}")
+        return v
+
+
+class GatesSpec(_Base):
+    rules: list[str] = Field(default_factory=lambda: ["f1 >= 0.92", "ece <= 0.03", "latency_p95_ms <= 25"])
+    champion: ChampionSpec = Field(default_factory=ChampionSpec)
+
+    @field_validator("rules")
+    @classmethod
+    def _parse(cls, v: list[str]) -> list[str]:
+        for r in v:
+            parse_rule(r)
+        return v
+
+    def parsed_rules(self) -> list[GateRule]:
+        return [parse_rule(r) for r in self.rules]
+
+
+class DeploySpec(_Base):
+    strategy: Literal["replace", "shadow", "canary", "blue_green"] = "replace"
+    traffic: float = Field(default=1.0, gt=0, le=1, description="Share of traffic for the challenger (canary).")
+    duration: str = Field(default="1h", description="How long a shadow or canary phase lasts, e.g. 30m, 1h.")
+
+    @field_validator("duration")
+    @classmethod
+    def _dur(cls, v: str) -> str:
+        parse_duration_s(v)
+        return v
+
+
+class ScheduleTrigger(_Base):
+    cron: str
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        fields = v.split()
+        if len(fields) != 5:
+            raise ValueError(f"triggers.schedule.cron {v!r} must have 5 fields (minute hour day month weekday)")
+        return v
+
+
+class DriftTrigger(_Base):
+    features: list[str] = Field(default_factory=lambda: ["brightness", "contrast"])
+    window: str = "7d"
+    pvalue: float = Field(default=0.05, gt=0, lt=1)
+    min_relative_change: float = Field(default=0.15, ge=0, description="Practical margin, e.g. 0.15 = 15% shift of the mean.")
+
+    @field_validator("window")
+    @classmethod
+    def _w(cls, v: str) -> str:
+        parse_duration_s(v)
+        return v
+
+
+class PerformanceTrigger(_Base):
+    metric: Literal["f1", "precision", "recall", "accuracy"] = "f1"
+    below: float = Field(gt=0, le=1)
+    window: str = "7d"
+    min_samples: int = Field(default=50, ge=1)
+
+    @field_validator("window")
+    @classmethod
+    def _w(cls, v: str) -> str:
+        parse_duration_s(v)
+        return v
+
+
+class TriggersSpec(_Base):
+    schedule: ScheduleTrigger | None = None
+    drift: DriftTrigger | None = None
+    performance: PerformanceTrigger | None = None
+    webhook: bool = False
+
+
+class Spec(_Base):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    task: TaskKind
+    description: str = ""
+    workspace: str | None = Field(default=None, description="Where runs write their state; default: ./workspace beside the spec.")
+    data: DataSpec
+    curation: CurationSpec = Field(default_factory=CurationSpec)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    gates: GatesSpec = Field(default_factory=GatesSpec)
+    deploy: DeploySpec = Field(default_factory=DeploySpec)
+    triggers: TriggersSpec = Field(default_factory=TriggersSpec)
+
+    # Set by load_spec: the folder relative paths resolve against. Not part of the hash.
+    base_dir: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _task_supported(self) -> "Spec":
+        if self.task != "classification":
+            from conveyor import kinds
+
+            if self.task not in kinds.available():
+                raise ValueError(
+                    f"task {self.task!r} is declared but not available in this version; available: {kinds.available()}"
+                )
+        for name in self.gates.champion.metrics:
+            if name.split("[", 1)[0] not in METRIC_DIRECTIONS:
+                raise ValueError(f"gates.champion.metrics: unknown metric {name!r}")
+        return self
+
+    # ---- paths -------------------------------------------------------------------------
+    def resolve_path(self, p: str) -> Path:
+        path = Path(p).expanduser()
+        if not path.is_absolute() and self.base_dir:
+            path = Path(self.base_dir) / path
+        return path.resolve()
+
+    @property
+    def source_path(self) -> Path:
+        return self.resolve_path(self.data.source)
+
+    def workspace_path(self, override: str | Path | None = None) -> Path:
+        if override is not None:
+            return Path(override).expanduser().resolve()
+        if self.workspace:
+            return self.resolve_path(self.workspace)
+        return self.resolve_path("workspace")
+
+    # ---- serialisation and hashing ---------------------------------------------------------
+    def resolved_dict(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json")
+        d["data"]["source"] = str(self.source_path)
+        if d.get("workspace"):
+            d["workspace"] = str(self.resolve_path(d["workspace"]))
+        return d
+
+    def resolved_yaml(self) -> str:
+        return yaml.safe_dump(self.resolved_dict(), sort_keys=False)
+
+    def section_hash(self, *sections: str) -> str:
+        """Content hash of the named sections (all of them when none are named)."""
+        d = self.resolved_dict()
+        if sections:
+            d = {k: d[k] for k in sections}
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def spec_hash(self) -> str:
+        return self.section_hash()
+
+
+def parse_duration_s(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", str(text))
+    if not m:
+        raise ValueError(f"duration {text!r} must be a number followed by s, m, h, d or w (e.g. 30m, 1d)")
+    return float(m[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m[2]]
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid spec {origin}:"]
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
+            msg = f"must be one of {e['ctx']['expected']}"
+        elif e["type"] == "extra_forbidden":
+            msg = "is not a known field"
+        elif e["type"] == "missing":
+            msg = "is required"
+        got = e.get("input")
+        got_s = "" if e["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  - {loc}: {msg}{got_s}")
+    return "\n".join(lines)
+
+
+def spec_from_dict(data: dict[str, Any], base_dir: str | Path | None = None, origin: str = "<dict>") -> Spec:
+    if not isinstance(data, dict):
+        raise SpecError(f"invalid spec {origin}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_errors(err, origin)) from None
+    spec.base_dir = str(Path(base_dir).resolve()) if base_dir is not None else str(Path.cwd())
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"invalid spec {path}: not valid YAML: {err}") from None
+    return spec_from_dict(data, base_dir=path.parent, origin=str(path))
