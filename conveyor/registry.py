@@ -1,0 +1,253 @@
+"""Model registry: a SQLite index plus one versioned artifact folder per model.
+
+Writes are atomic. Files are written into a temporary folder and moved into place with
+``os.replace``; only then is the row committed, in the same ``BEGIN IMMEDIATE`` transaction
+that allocated the version number. A crash before the commit leaves at most an orphan folder
+(removed on the spot when the failure is an exception), never a row without files. The champion
+alias moves under the same lock, and every move is kept in the alias history.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    model_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    run_id TEXT,
+    artifact_dir TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    gate TEXT NOT NULL,
+    PRIMARY KEY (name, version),
+    UNIQUE (name, model_hash)
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    name TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (name, alias)
+);
+CREATE TABLE IF NOT EXISTS alias_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    previous INTEGER,
+    at TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    run_id TEXT
+);
+"""
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    model_hash: str
+    created_at: str
+    run_id: str | None
+    artifact_dir: str
+    metrics: dict[str, Any]
+    lineage: dict[str, Any]
+    gate: dict[str, Any]
+    is_champion: bool = False
+
+    def file(self, name: str) -> Path:
+        return Path(self.artifact_dir) / name
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Registry:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "registry.sqlite"
+        with self._connect() as con:
+            con.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA busy_timeout=60000")
+        return con
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding SQLite's write lock from the start."""
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        finally:
+            con.close()
+
+    # ---- reads ----------------------------------------------------------------------------------
+    def _row(self, r: sqlite3.Row, champion: int | None) -> ModelVersion:
+        return ModelVersion(
+            name=r["name"], version=r["version"], model_hash=r["model_hash"], created_at=r["created_at"],
+            run_id=r["run_id"], artifact_dir=r["artifact_dir"], metrics=json.loads(r["metrics"]),
+            lineage=json.loads(r["lineage"]), gate=json.loads(r["gate"]), is_champion=r["version"] == champion,
+        )
+
+    def alias(self, name: str, alias: str = "champion") -> int | None:
+        con = self._connect()
+        try:
+            r = con.execute("SELECT version FROM aliases WHERE name=? AND alias=?", (name, alias)).fetchone()
+        finally:
+            con.close()
+        return None if r is None else int(r["version"])
+
+    def list(self, name: str) -> list[ModelVersion]:
+        champ = self.alias(name)
+        con = self._connect()
+        try:
+            rows = con.execute("SELECT * FROM versions WHERE name=? ORDER BY version", (name,)).fetchall()
+        finally:
+            con.close()
+        return [self._row(r, champ) for r in rows]
+
+    def get(self, name: str, version: int) -> ModelVersion:
+        con = self._connect()
+        try:
+            r = con.execute("SELECT * FROM versions WHERE name=? AND version=?", (name, version)).fetchone()
+        finally:
+            con.close()
+        if r is None:
+            known = [v.version for v in self.list(name)]
+            raise RegistryError(f"model {name!r} has no version {version}; versions: {known or 'none'}")
+        return self._row(r, self.alias(name))
+
+    def find_by_hash(self, name: str, model_hash: str) -> ModelVersion | None:
+        con = self._connect()
+        try:
+            r = con.execute("SELECT * FROM versions WHERE name=? AND model_hash=?", (name, model_hash)).fetchone()
+        finally:
+            con.close()
+        return None if r is None else self._row(r, self.alias(name))
+
+    def champion(self, name: str) -> ModelVersion | None:
+        v = self.alias(name)
+        return None if v is None else self.get(name, v)
+
+    def alias_history(self, name: str, alias: str = "champion") -> list[dict[str, Any]]:
+        con = self._connect()
+        try:
+            rows = con.execute(
+                "SELECT version, previous, at, reason, run_id FROM alias_history WHERE name=? AND alias=? ORDER BY id",
+                (name, alias),
+            ).fetchall()
+        finally:
+            con.close()
+        return [dict(r) for r in rows]
+
+    # ---- writes ---------------------------------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        *,
+        files: dict[str, str | Path],
+        model_hash: str,
+        metrics: dict[str, Any],
+        lineage: dict[str, Any],
+        gate: dict[str, Any],
+        run_id: str | None = None,
+    ) -> ModelVersion:
+        """Add a version (idempotent: the same model hash returns the existing version)."""
+        existing = self.find_by_hash(name, model_hash)
+        if existing is not None:
+            return existing
+        for dest, src in files.items():
+            if not Path(src).is_file():
+                raise RegistryError(f"cannot register {name}: artifact {dest!r} source {src} is missing")
+        model_root = self.root / name
+        model_root.mkdir(parents=True, exist_ok=True)
+        with self._write() as con:
+            r = con.execute("SELECT * FROM versions WHERE name=? AND model_hash=?", (name, model_hash)).fetchone()
+            if r is not None:  # registered by a concurrent cycle while we waited for the lock
+                return self._row(r, None)
+            version = int(con.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE name=?", (name,)).fetchone()[0])
+            final = model_root / f"v{version:04d}"
+            if final.exists():  # an orphan from a crash between rename and commit: no row owns it
+                shutil.rmtree(final)
+            tmp = Path(tempfile.mkdtemp(dir=model_root, prefix=f".v{version:04d}."))
+            try:
+                for dest, src in files.items():
+                    shutil.copy2(src, tmp / dest)
+                record = {"name": name, "version": version, "model_hash": model_hash, "metrics": metrics,
+                          "lineage": lineage, "gate": gate, "run_id": run_id}
+                (tmp / "version.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+                for f in tmp.iterdir():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+                os.replace(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            try:
+                created = _now()
+                con.execute(
+                    "INSERT INTO versions (name, version, model_hash, created_at, run_id, artifact_dir, metrics, lineage, gate) "
+                    "VALUES (?,?,?,?,?,?,?,?,?)",
+                    (name, version, model_hash, created, run_id, str(final),
+                     json.dumps(metrics, default=str), json.dumps(lineage, default=str), json.dumps(gate, default=str)),
+                )
+                self._before_commit(name, version)
+            except BaseException:
+                shutil.rmtree(final, ignore_errors=True)
+                raise
+        return self.get(name, version)
+
+    def _before_commit(self, name: str, version: int) -> None:
+        """Hook between the file move and the row commit (tests inject failures here)."""
+
+    def set_alias(self, name: str, version: int, *, alias: str = "champion", reason: str, run_id: str | None = None) -> int | None:
+        """Point ``alias`` at ``version``; returns the previous version. History is kept."""
+        with self._write() as con:
+            if con.execute("SELECT 1 FROM versions WHERE name=? AND version=?", (name, version)).fetchone() is None:
+                raise RegistryError(f"model {name!r} has no version {version}")
+            r = con.execute("SELECT version FROM aliases WHERE name=? AND alias=?", (name, alias)).fetchone()
+            previous = None if r is None else int(r["version"])
+            if previous == version:
+                return previous
+            at = _now()
+            con.execute(
+                "INSERT INTO aliases (name, alias, version, updated_at) VALUES (?,?,?,?) "
+                "ON CONFLICT(name, alias) DO UPDATE SET version=excluded.version, updated_at=excluded.updated_at",
+                (name, alias, version, at),
+            )
+            con.execute(
+                "INSERT INTO alias_history (name, alias, version, previous, at, reason, run_id) VALUES (?,?,?,?,?,?,?)",
+                (name, alias, version, previous, at, reason, run_id),
+            )
+        return previous

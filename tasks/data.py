@@ -1,0 +1,79 @@
+"""Tasks of the data plane: ingest, curate, split and the data contracts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import polars as pl
+from prefect import task
+from prefect.logging import get_run_logger
+
+from conveyor.contracts import ContractError, ContractReport, run_contracts
+from conveyor.curate import CurateResult, curate
+from conveyor.ingest import IngestResult, ingest, source_fingerprint
+from conveyor.spec import Spec
+from conveyor.split import SplitResult, frozen_eval_hashes, split
+from conveyor.workspace import Workspace
+from tasks.common import RETRY, content_cache
+
+
+@task(name="fingerprint-source", **RETRY)
+def fingerprint_task(spec: Spec) -> str:
+    """Content key of the source (every file's bytes), so the ingest cache follows content, not paths."""
+    key = source_fingerprint(spec)
+    get_run_logger().info("source %s has content key %s", spec.source_path, key)
+    return key
+
+
+@task(name="ingest", cache_policy=content_cache("spec"), persist_result=True, **RETRY)
+def ingest_task(spec: Spec, source_key: str, spec_key: str, workspace: str) -> IngestResult:
+    log = get_run_logger()
+    res = ingest(spec, Workspace(workspace).datasets, progress=True)
+    log.info("ingested %d of %d items (%d quarantined: %s); dataset version %s",
+             res.accepted, res.received, res.quarantined, res.quarantine_reasons or "none", res.dataset_version)
+    if res.quarantined:
+        log.warning("quarantined items are listed with their reasons in %s", res.quarantine_path)
+    return res
+
+
+@task(name="frozen-eval-set", **RETRY)
+def frozen_eval_task(spec: Spec, workspace: str, dataset_version: str) -> frozenset[str]:
+    """Hashes of the frozen val/test images, which curation keeps over later copies."""
+    return frozen_eval_hashes(Workspace(workspace).state(spec.name), exclude_dataset=dataset_version)
+
+
+@task(name="curate", cache_policy=content_cache("spec", "manifest_path", "prefer"), persist_result=True, **RETRY)
+def curate_task(spec: Spec, manifest_path: str, dataset_version: str, spec_key: str, prefer: frozenset[str],
+                prefer_key: str, workspace: str) -> CurateResult:
+    res = curate(manifest_path, spec, Workspace(workspace).curated, prefer=prefer)
+    get_run_logger().info("curation kept %d of %d images; removed %s", res.kept, res.received, res.removed_reasons or "none")
+    return res
+
+
+@task(name="split", cache_policy=content_cache("spec", "curated_path"), persist_result=True, **RETRY)
+def split_task(spec: Spec, curated_path: str, curated_version: str, dataset_version: str, spec_key: str,
+               classes: list[str], workspace: str) -> SplitResult:
+    ws = Workspace(workspace)
+    res = split(curated_path, spec, ws.splits, ws.state(spec.name), dataset_version=dataset_version, classes=classes)
+    get_run_logger().info("split %s by %s: %s images, %s groups (%d newly assigned, %d frozen before)",
+                          res.split_version, spec.split.group_by, res.counts, res.groups, res.new_assignments,
+                          res.frozen_images)
+    return res
+
+
+@task(name="data-contracts", cache_policy=content_cache("spec", "manifest_path", "split_path", "run_dir"),
+      persist_result=True, **RETRY)
+def contracts_task(spec: Spec, manifest_path: str, split_path: str, dataset_version: str, split_version: str,
+                   spec_key: str, classes: list[str], workspace: str, run_dir: str) -> str:
+    """Validate the manifest and the split; a failure stops the cycle. Returns the results file."""
+    out = Workspace(workspace).contracts / f"{split_version}.json"
+    manifest = pl.read_parquet(manifest_path)
+    split_df = pl.read_parquet(split_path)
+    try:
+        report: ContractReport = run_contracts(manifest, split_df, spec, classes, out_path=out, raise_on_failure=True)
+    except ContractError:
+        shutil.copyfile(out, Path(run_dir) / "contracts.json")
+        raise
+    get_run_logger().info("data contracts passed: %d suites", len(report.suites))
+    return str(out)

@@ -1,0 +1,87 @@
+"""Tasks that decide and record: gate, register, promote, and the run's report artifacts."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.logging import get_run_logger
+
+from conveyor.gate import GateDecision, evaluate_gate, skip_decision
+from conveyor.registry import ModelVersion, Registry
+from conveyor.rollout import PromotionResult, promote
+from conveyor.spec import Spec
+from tasks.common import RETRY, artifact_key, table
+
+
+@task(name="champion", **RETRY)
+def champion_task(name: str, registry_root: str) -> ModelVersion | None:
+    return Registry(registry_root).champion(name)
+
+
+@task(name="gate")
+def gate_task(spec: Spec, challenger: dict, champion: dict | None, champion_version: int | None,
+              same_as_champion: bool = False) -> GateDecision:
+    log = get_run_logger()
+    if same_as_champion:
+        decision = skip_decision(champion_version, f"the challenger is champion v{champion_version} (data, spec and code unchanged)")
+    else:
+        decision = evaluate_gate(spec, challenger, champion, champion_version)
+    for o in decision.outcomes:
+        (log.info if o.passed else log.warning)("gate %s: %s", "PASS" if o.passed else "FAIL", o.reason)
+    log.info("gate decision: %s (%s)", decision.decision, decision.summary)
+    return decision
+
+
+@task(name="register", **RETRY)
+def register_task(name: str, registry_root: str, files: dict[str, str], model_hash: str, metrics: dict,
+                  lineage: dict, gate: dict, run_id: str | None) -> ModelVersion:
+    mv = Registry(registry_root).register(name, files=files, model_hash=model_hash, metrics=metrics,
+                                          lineage=lineage, gate=gate, run_id=run_id)
+    get_run_logger().info("registered %s v%d in %s", name, mv.version, mv.artifact_dir)
+    return mv
+
+
+@task(name="promote", **RETRY)
+def promote_task(name: str, registry_root: str, version: int, decision: GateDecision, strategy: str,
+                 run_id: str | None) -> PromotionResult:
+    res = promote(Registry(registry_root), name, version, decision, strategy=strategy, run_id=run_id)
+    get_run_logger().info(res.message)
+    return res
+
+
+@task(name="publish-report")
+def publish_task(spec_name: str, summary: dict) -> None:
+    """Prefect artifacts for the run: dataset counts, split, metrics and the gate decision."""
+    ds = summary["dataset"]
+    rows = [{"item": "received", "count": ds["received"]}, {"item": "accepted", "count": ds["accepted"]},
+            {"item": "quarantined", "count": ds["quarantined"]}]
+    rows += [{"item": f"quarantined: {r}", "count": n} for r, n in sorted(ds["quarantine_reasons"].items())]
+    rows += [{"item": "kept after curation", "count": ds["curated"]}]
+    rows += [{"item": f"removed: {r}", "count": n} for r, n in sorted(ds["removed_reasons"].items())]
+    create_table_artifact(table(rows), key=artifact_key(spec_name, "dataset"),
+                          description=f"Dataset {summary['dataset_version']}: counts and quarantine reasons")
+
+    sp = summary["split"]
+    split_rows = [{"split": s, "images": sp["counts"][s], "groups": sp["groups"][s],
+                   "smallest class": min(sp["per_class"][s].values(), default=0)} for s in ("train", "val", "test")]
+    create_table_artifact(table(split_rows), key=artifact_key(spec_name, "split"),
+                          description=f"Split {sp['split_version']} grouped by {sp['group_by']}")
+
+    metrics = summary.get("metrics") or {}
+    champ = summary.get("champion_metrics") or {}
+    metric_rows = [{"metric": k, "challenger": v, "champion": champ.get(k)}
+                   for k, v in sorted(metrics.items()) if "[" not in k]
+    create_table_artifact(table(metric_rows), key=artifact_key(spec_name, "metrics"),
+                          description="Test-set metrics of the challenger (and the champion, on the same frozen set)")
+
+    gate_rows = [{"rule": r["rule"], "value": r["value"], "threshold": r["threshold"],
+                  "champion": r.get("champion_value"), "result": "pass" if r["passed"] else "FAIL"}
+                 for r in summary["reasons"]]
+    md = [f"# Gate decision: **{summary['decision']}**", "", summary.get("gate_summary", ""), "",
+          f"- model version: v{summary.get('model_version')}", f"- champion now: v{summary.get('champion_version')}",
+          f"- dataset version: `{summary['dataset_version']}`", f"- run folder: `{summary['run_dir']}`", "",
+          "| rule | value | threshold | champion | result |", "|---|---|---|---|---|"]
+    for r in table(gate_rows):
+        md.append(f"| {r['rule']} | {r['value']} | {r['threshold']} | {r['champion']} | {r['result']} |")
+    create_markdown_artifact("\n".join(md), key=artifact_key(spec_name, "gate"),
+                             description=f"Gate decision: {summary['decision']}")
