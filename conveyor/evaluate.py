@@ -226,7 +226,7 @@ def measure_torch_latency(
 
 
 # ---- ONNX -------------------------------------------------------------------------------------
-def export_onnx(
+def export_onnx_model(
     module: torch.nn.Module,
     path: str | Path,
     example: torch.Tensor,
@@ -323,7 +323,7 @@ def evaluate(
         size_mb: float
         latency: dict[str, Any] = {}
         if export_onnx:
-            onnx_path = globals()["export_onnx"](
+            onnx_path = export_onnx_model(
                 deploy,
                 out_dir / ONNX_NAME,
                 adapter.example_input(meta, 1),

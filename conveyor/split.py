@@ -77,15 +77,15 @@ def assign_by_ratio(sizes: dict[str, int], ratios: dict[str, float], seed: int, 
     """Assign whole groups to splits so that image counts approach the ratios.
 
     Groups are visited in a seeded hash order; each goes to the split furthest below its target,
-    relative to that target. With empty splits and ties, test and val are filled first, so every
-    split gets a group when there are at least three.
+    relative to that target. Ties go to train, then test, then val, so two groups fill train and
+    test and three fill every split.
     """
     current = {s: (start or {}).get(s, 0) for s in SPLITS}
     total = sum(current.values()) + sum(sizes.values())
     out: dict[str, str] = {}
     for g in sorted(sizes, key=lambda g: _order_key(seed, g)):
         best, best_deficit = None, None
-        for s in ("test", "val", "train"):
+        for s in ("train", "test", "val"):
             if ratios[s] <= 0:
                 continue
             target = ratios[s] * total

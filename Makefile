@@ -1,0 +1,38 @@
+# conveyor: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export GX_ANALYTICS_ENABLED ?= false
+export WANDB_MODE ?= offline
+export DO_NOT_TRACK ?= 1
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+# torch and torchvision are installed first, pinned as a pair (the range in pyproject.toml admits them).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/conveyor demo --fresh
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_data_plane.py
+	$(BIN)/python bench/bench_onnx_latency.py
+	$(BIN)/python bench/bench_rerun.py
+
+clean:
+	rm -rf .demo workspace examples/workspace examples/data .pytest_cache

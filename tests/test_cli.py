@@ -1,0 +1,93 @@
+"""The `conveyor` command as a user meets it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conveyor.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_validate_the_example(capsys):
+    assert main(["validate", str(ROOT / "examples" / "classification.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "spec OK: digits-classifier (classification)" in out and "f1 >= 0.92" in out
+
+
+def test_invalid_spec_exits_2_and_names_the_field(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"name": "x", "task": "classification", "data": {"source": "d"},
+                                 "split": {"group_by": "lens"}}))
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "split.group_by: must be one of" in err and "'lens'" in err
+
+
+def test_registry_list_and_rollback_without_versions(tmp_path, capsys):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"name": "x", "task": "classification", "data": {"source": "d"}}))
+    assert main(["registry", "list", str(p), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"name": "x", "champion": None, "versions": [], "champion_history": []}
+    assert main(["rollback", str(p), "--to", "1"]) == 1
+    assert "has no version 1" in capsys.readouterr().err
+
+
+def test_missing_source_is_a_clear_error(tmp_path, capsys):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"name": "x", "task": "classification", "data": {"source": "nowhere"}}))
+    assert main(["run", str(p), "--workspace", str(tmp_path / "ws")]) == 1
+    assert "nowhere" in capsys.readouterr().err
+
+
+def conveyor(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", GX_ANALYTICS_ENABLED="false", WANDB_MODE="offline")
+    return subprocess.run([sys.executable, "-m", "conveyor.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=1800)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    """`conveyor demo`: two cycles on the digits, bad inputs accounted for, gate, registry, rollback."""
+    res = conveyor("demo", "--dir", str(tmp_path / "demo"), "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-5000:]
+    first, second = json.loads(res.stdout)
+
+    assert first["decision"] == "promoted" and first["model_version"] == 1, first["gate_summary"]
+    assert first["metrics"]["f1"] >= 0.92 and first["metrics"]["ece"] <= 0.03
+    assert first["dataset"]["quarantined"] == 0
+
+    d = second["dataset"]
+    assert d["received"] == d["accepted"] + d["quarantined"]
+    assert d["quarantine_reasons"] == {"corrupt": 1, "zero_byte": 1, "not_an_image": 1, "unknown_label": 1,
+                                       "path_escapes_root": 1}
+    assert d["removed_reasons"].get("exact_duplicate") == 1
+    assert second["dataset_version"] != first["dataset_version"]
+    assert second["champion_metrics"] is not None
+    assert second["decision"] in ("promoted", "rejected")
+    assert {r["kind"] for r in second["reasons"]} == {"absolute", "champion"}
+    # the frozen evaluation set did not move: the new cameras went to train
+    assert second["split"]["counts"]["test"] == first["split"]["counts"]["test"]
+    assert second["split"]["counts"]["val"] == first["split"]["counts"]["val"]
+
+    spec = tmp_path / "demo" / "classification.yaml"
+    listed = json.loads(conveyor("registry", "list", str(spec), "--json", cwd=tmp_path).stdout)
+    assert [v["version"] for v in listed["versions"]] == [1, 2]
+    v1 = listed["versions"][0]
+    for key in ("dataset_version", "manifest_hash", "spec_hash", "seed", "code_commit", "packages"):
+        assert key in v1["lineage"]
+    assert Path(v1["artifact_dir"], "model.onnx").exists()
+
+    if listed["champion"] == 2:
+        rb = conveyor("rollback", str(spec), "--to", "1", cwd=tmp_path)
+        assert rb.returncode == 0 and "champion is v1" in rb.stdout
+        listed = json.loads(conveyor("registry", "list", str(spec), "--json", cwd=tmp_path).stdout)
+        assert listed["champion"] == 1 and listed["champion_history"][-1]["reason"] == "manual rollback"
