@@ -17,7 +17,7 @@ Suites and the frames they run on:
 - ``split_class_coverage``: (eval split, class) counts over the full class set; count >= minimum.
 - ``split_sizes``: image count of every split whose ratio is above 0; count >= 1.
 
-GX has no polars support, so frames are converted to pandas here (without pyarrow). Great
+GX has no polars support, so frames are converted to pandas (through pyarrow) here. Great
 Expectations is imported lazily, inside functions: importing this module costs nothing.
 """
 
@@ -250,6 +250,7 @@ def read_suite(name: str, directory: str | Path | None = None) -> dict[str, Any]
 def _build_suite(data: dict[str, Any]):
     """A GX ExpectationSuite from suite JSON. Unlike ``ExpectationSuite(expectations=...)``,
     which logs and drops an invalid expectation, this raises, naming the file and the entry."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
@@ -330,7 +331,7 @@ class _Validator:
                 f"data contract suite {suite_name!r} needs parameters {missing}; given {sorted(params)}"
             )
         suite = _build_suite(data)
-        pdf = _to_pandas(frame)
+        pdf = frame.to_pandas()
         batch = self.batch_definition.get_batch(batch_parameters={"dataframe": pdf})
         gx_params = {k: _jsonable(params[k]) for k in needed}
         result = batch.validate(
@@ -416,31 +417,6 @@ def _exception_message(info: Any) -> str | None:
             if msg:
                 return msg
     return None
-
-
-def _to_pandas(frame: pl.DataFrame) -> pd.DataFrame:
-    """polars -> pandas without pyarrow (which polars' ``to_pandas`` needs).
-
-    Mirrors pyarrow's defaults: strings become object columns with None, integer columns with
-    nulls become float64, datetimes become ``datetime64[..., tz]`` (naive ones are taken as UTC).
-    """
-    import pandas as pd
-
-    cols: dict[str, Any] = {}
-    for name, dtype in frame.schema.items():
-        s = frame.get_column(name)
-        if isinstance(dtype, pl.Datetime):
-            if dtype.time_zone:
-                s = s.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-            values = pd.to_datetime(s.to_numpy()).tz_localize("UTC")
-            if dtype.time_zone and dtype.time_zone != "UTC":
-                values = values.tz_convert(dtype.time_zone)
-            cols[name] = values
-        elif dtype.is_numeric() or (dtype == pl.Boolean and s.null_count() == 0):
-            cols[name] = s.to_numpy()
-        else:
-            cols[name] = pd.Series(s.to_list(), dtype=object) if s.len() else pd.Series([], dtype=object)
-    return pd.DataFrame(cols, index=pd.RangeIndex(frame.height))
 
 
 # ---- derived frames ---------------------------------------------------------------------------

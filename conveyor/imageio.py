@@ -313,20 +313,51 @@ def _fixed_point_round(acc: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 255.0, out=out)
 
 
+def _resize_passes(x: np.ndarray, width: int, height: int, order: str) -> np.ndarray:
+    k, h, w = x.shape
+    for axis in order:
+        if axis == "h" and x.shape[2] != width:
+            x = _fixed_point_round(
+                (x.reshape(k * x.shape[1], x.shape[2]) @ _lanczos_matrix(x.shape[2], width).T).reshape(k, -1, width)
+            )
+        elif axis == "v" and x.shape[1] != height:
+            xt = np.ascontiguousarray(x.transpose(0, 2, 1))
+            y = (xt.reshape(-1, xt.shape[2]) @ _lanczos_matrix(x.shape[1], height).T).reshape(k, x.shape[2], height)
+            x = _fixed_point_round(np.ascontiguousarray(y.transpose(0, 2, 1)))
+    return x
+
+
+@lru_cache(maxsize=4096)
+def _pass_order(h: int, w: int, width: int, height: int) -> str | None:
+    """Which pass order reproduces PIL's Lanczos resize for this shape ("hv" or "vh"), found by
+    resizing two random probe images with PIL itself; None when neither matches (then PIL is
+    called per image). PIL picks the order by cost, and that rule changes between versions."""
+    rng = np.random.default_rng(h * 100_003 + w)
+    probes = np.stack([
+        rng.integers(0, 256, (h, w), dtype=np.uint8),
+        (rng.integers(0, 2, (h, w), dtype=np.uint8) * 255).astype(np.uint8),
+    ])
+    refs = np.stack([
+        np.asarray(Image.fromarray(p).resize((width, height), Image.Resampling.LANCZOS)) for p in probes
+    ]).astype(np.float64)
+    for order in ("hv", "vh"):
+        if np.array_equal(_resize_passes(probes.astype(np.float64), width, height, order), refs):
+            return order
+    return None
+
+
 def lanczos_resize_grey(grey: np.ndarray, width: int, height: int) -> np.ndarray:
     """``Image.fromarray(g).resize((width, height), LANCZOS)`` for a stack ``(k, h, w)`` of grey
     uint8 images, bit-exact with PIL, as float64 (k, height, width). Exact because every partial
-    sum of 8-bit pixels times 22-bit integer coefficients is an integer far below 2**53."""
+    sum of 8-bit pixels times 22-bit integer coefficients is an integer far below 2**53; the pass
+    order PIL uses for the shape is checked once per shape (:func:`_pass_order`)."""
     k, h, w = grey.shape
-    x = grey.astype(np.float64)
-    if w != width:
-        x = (x.reshape(k * h, w) @ _lanczos_matrix(w, width).T).reshape(k, h, width)
-        x = _fixed_point_round(x)
-    if h != height:
-        xt = np.ascontiguousarray(x.transpose(0, 2, 1)).reshape(k * width, h)
-        x = (xt @ _lanczos_matrix(h, height).T).reshape(k, width, height).transpose(0, 2, 1)
-        x = _fixed_point_round(x)
-    return x
+    order = _pass_order(h, w, width, height)
+    if order is None:
+        return np.stack([
+            np.asarray(Image.fromarray(g).resize((width, height), Image.Resampling.LANCZOS)) for g in grey
+        ]).astype(np.float64)
+    return _resize_passes(grey.astype(np.float64), width, height, order)
 
 
 def _bits_to_hex(bits: np.ndarray) -> list[str]:
@@ -412,20 +443,27 @@ def features_from_prepared(items: Sequence[_Prepared], hash_fn: str = "phash", h
         for s in range(0, len(idx), step):
             block = idx[s : s + step]
             k = len(block)
-            rgb = np.frombuffer(b"".join(items[i].rgb for i in block), dtype=np.uint8).reshape(k, h, w, 3)
-            r = rgb[..., 0].astype(np.uint32)
-            grey = ((r * 19595 + rgb[..., 1].astype(np.uint32) * 38470 + rgb[..., 2].astype(np.uint32) * 7471
-                     + 0x8000) >> 16).astype(np.uint8)  # PIL's RGB -> L (Convert.c L24), bit-exact
-            gf = grey.reshape(k, -1).astype(np.float32)
-            npx = float(w * h)
+            npx = w * h
+            # planar copy (k, 3, n): reductions over a last axis of size 3 are slow in numpy
+            planes = np.frombuffer(b"".join(items[i].rgb for i in block), dtype=np.uint8).reshape(k, npx, 3)
+            planes = np.ascontiguousarray(planes.transpose(0, 2, 1))
+            r, g8, b = planes[:, 0], planes[:, 1], planes[:, 2]
+            acc = r.astype(np.uint32) * 19595
+            acc += g8.astype(np.uint32) * 38470
+            acc += b.astype(np.uint32) * 7471
+            acc += 0x8000
+            acc >>= 16
+            grey = acc.astype(np.uint8).reshape(k, h, w)  # PIL's RGB -> L (Convert.c L24), bit-exact
+            gf = acc.astype(np.float32)
             m1 = gf.sum(axis=1, dtype=np.float64) / npx
             m2 = np.einsum("ij,ij->i", gf, gf, dtype=np.float64) / npx
             bright[block] = m1 / 255.0
             contrast[block] = np.sqrt(np.maximum(m2 - m1 * m1, 0.0)) / 255.0
-            mx = rgb.max(axis=3)
-            mn = rgb.min(axis=3)
-            s_ = (mx - mn).astype(np.float32) / np.maximum(mx, 1).astype(np.float32)
-            sat[block] = s_.reshape(k, -1).mean(axis=1, dtype=np.float64)
+            mx = np.maximum(np.maximum(r, g8), b)
+            mn = np.minimum(np.minimum(r, g8), b)
+            s_ = (mx - mn).astype(np.float32)
+            s_ /= np.maximum(mx, 1).astype(np.float32)
+            sat[block] = s_.sum(axis=1, dtype=np.float64) / npx
             if h >= 3 and w >= 3:
                 g = grey.astype(np.float32) * np.float32(1.0 / 255.0)
                 lap = (g[:, :-2, 1:-1] + g[:, 2:, 1:-1] + g[:, 1:-1, :-2] + g[:, 1:-1, 2:]

@@ -399,17 +399,3 @@ def test_bad_suite_file_is_a_clear_error(manifest, params, ctx, tmp_path):
     ))
     with pytest.raises(contracts.ContractConfigError, match="nope"):
         validate_manifest(manifest, params, context=ctx, contracts_dir=tmp_path)
-
-
-def test_to_pandas_keeps_nulls_and_utc():
-    frame = make_manifest().head(2).with_columns(
-        pl.Series("captured_at", [datetime(2024, 1, 1, 12, tzinfo=timezone.utc), None], dtype=pl.Datetime("us", "UTC")),
-        pl.Series("scene", ["s", None]),
-        pl.Series("width", [3, None], dtype=pl.Int64),
-    )
-    pdf = contracts._to_pandas(frame)
-    assert str(pdf["captured_at"].dt.tz) == "UTC"
-    assert pdf["captured_at"][0].hour == 12 and pdf["captured_at"].isna()[1]
-    assert pdf["scene"].tolist() == ["s", None]
-    assert pdf["width"].isna().tolist() == [False, True]
-    assert list(pdf.columns) == frame.columns and len(pdf) == 2
