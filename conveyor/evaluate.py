@@ -271,7 +271,7 @@ def export_onnx_model(
     return path
 
 
-def _run_onnx_batched(session, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def run_onnx_batched(session, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
     name = session.get_inputs()[0].name
     outs = [session.run(None, {name: inputs[i : i + batch_size]})[0] for i in range(0, len(inputs), batch_size)]
     return np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)
@@ -338,7 +338,7 @@ def evaluate(
                 latency = measure_onnx_latency(onnx_path, int(meta["image_size"]), latency_runs, num_threads)
             session = onnx_session(onnx_path, num_threads)
             inputs = adapter.deploy_inputs(data)
-            ort_out = _run_onnx_batched(session, inputs.numpy())
+            ort_out = run_onnx_batched(session, inputs.numpy())
             torch_out = _run_torch_batched(deploy, inputs)
             del session
             diff = float(adapter.onnx_parity(torch_out, ort_out))

@@ -16,14 +16,16 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from conveyor import kinds
-from conveyor.spec import Spec
 from conveyor.utils import atomic_write_bytes, code_commit, package_versions, sha256_bytes
+
+if TYPE_CHECKING:
+    from conveyor.spec import Spec
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -128,8 +130,12 @@ def train(
         raise ValueError("classes has repeated names")
     out_dir = Path(out_dir)
 
-    seed_everything(tspec.seed, tspec.num_threads)
     device = resolve_device(tspec.device)
+    seed_everything(tspec.seed, tspec.num_threads)
+    if device.type == "cuda":
+        # Some CUDA kernels have no deterministic version (none was hit by resnet10t on an H200):
+        # warn instead of failing. Bit-identical reruns are guaranteed on the CPU only.
+        torch.use_deterministic_algorithms(True, warn_only=True)
     # The model is built right after seeding, so its initial weights depend on the seed alone.
     model = adapter.build_model(tspec.model, len(classes), tspec.model_kwargs)
     mean, std = adapter.normalization(model)

@@ -84,7 +84,10 @@ def test_same_seed_gives_identical_weights_and_metrics(tmp_path, data):
     spec = make_spec(tmp_path, epochs=2, augment=augment, label_smoothing=0.1)
     fixed = {"code_commit": "test", "packages": {}}
     a = train(spec, data, CLASSES, tmp_path / "a", dataset_version="dv", lineage=fixed)
-    b = train(spec, data, CLASSES, tmp_path / "b", dataset_version="dv", lineage=fixed)
+    # The same rows in another order: training sorts by id, so the order of the table is irrelevant.
+    reordered = tmp_path / "reordered.parquet"
+    pl.read_parquet(data).sort("path", descending=True).write_parquet(reordered)
+    b = train(spec, reordered, CLASSES, tmp_path / "b", dataset_version="dv", lineage=fixed)
     assert a.history == b.history  # exact float equality, val metrics included
     sa = torch.load(a.checkpoint_path, weights_only=True)["state_dict"]
     sb = torch.load(b.checkpoint_path, weights_only=True)["state_dict"]
@@ -215,6 +218,31 @@ def test_unknown_model_name_is_a_clear_error(tmp_path, data):
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
 
 
+def test_bad_model_kwargs_name_the_field(tmp_path, data):
+    with pytest.raises(ValueError, match="train.model_kwargs"):
+        train(make_spec(tmp_path, model_kwargs={"no_such_argument": 1}), data, CLASSES, tmp_path / "o",
+              dataset_version="dv")
+    with pytest.raises(ValueError, match="train.model_kwargs"):
+        train(make_spec(tmp_path, model_kwargs={"num_classes": 5}), data, CLASSES, tmp_path / "o", dataset_version="dv")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"optimizer": "sgd", "scheduler": "cosine", "lr": 0.05},
+        {"optimizer": "adamw", "scheduler": "none", "model_kwargs": {"drop_rate": 0.1}},
+    ],
+)
+def test_other_optimisers_and_schedules_without_val_rows(tmp_path, data, overrides):
+    no_val = tmp_path / "no_val.parquet"
+    pl.read_parquet(data).filter(pl.col("split") != "val").write_parquet(no_val)
+    result = train(make_spec(tmp_path, epochs=2, **overrides), no_val, CLASSES, tmp_path / "o", dataset_version="dv")
+    assert result.best_epoch == 2  # no validation rows: the last epoch is kept
+    assert all("val_f1" not in rec and rec["loss"] > 0 for rec in result.history)
+    _, meta = load_checkpoint(result.checkpoint_path)
+    assert meta["selection_metric"] == "last_epoch"
+
+
 def test_labels_outside_the_class_list_are_rejected(tmp_path, data):
     with pytest.raises(ValueError, match="not in the class list"):
         train(make_spec(tmp_path, epochs=1), data, ["red", "green"], tmp_path / "out", dataset_version="dv")
@@ -232,3 +260,13 @@ def test_decoding_is_fixed_size_rgb(data):
     test = _test_images(data, "train")
     assert test.images.dtype == torch.uint8 and test.images.shape[1:] == (3, SIZE, SIZE)
     assert test.ids == sorted(test.ids)
+
+
+def test_decoding_normalises_modes_like_ingest(tmp_path):
+    transparent = tmp_path / "clear.png"
+    Image.new("RGBA", (20, 10), (255, 0, 0, 0)).save(transparent)  # fully transparent red
+    deep = tmp_path / "deep.png"
+    Image.new("I;16", (9, 9), 65535).save(deep)
+    assert (cls_kind.decode_image(transparent, 8) == 255).all()  # composited on white, as ingest does
+    assert (cls_kind.decode_image(deep, 8) == 255).all()  # 16-bit scaled, not clipped
+    assert cls_kind.decode_image(transparent, 8).shape == (8, 8, 3)

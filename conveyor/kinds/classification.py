@@ -93,7 +93,7 @@ def build_model(model_name: str, num_classes: int, model_kwargs: dict[str, Any] 
     if not timm.is_model(model_name):
         raise ValueError(unknown_model_message(model_name))
     kwargs = dict(model_kwargs or {})
-    for reserved in ("pretrained", "num_classes", "pretrained_cfg_overlay"):
+    for reserved in ("pretrained", "num_classes"):
         if reserved in kwargs:
             raise ValueError(f"train.model_kwargs: {reserved!r} is set by conveyor and may not be given")
     try:
@@ -177,12 +177,20 @@ def read_split_rows(split_path: str | Path, classes: Sequence[str], split: str):
 
 
 def decode_image(path: str | Path, image_size: int) -> np.ndarray:
-    """One image file as uint8 (S, S, 3) RGB: EXIF orientation applied, resized with a fixed filter."""
+    """One image file as uint8 (S, S, 3) RGB: EXIF orientation applied, resized with a fixed filter.
+
+    Colour modes are normalised by ``conveyor.imageio.to_rgb`` (transparency composited on white,
+    16-bit scaled), the same rule ingest uses, so training sees the pixels ingest measured.
+    """
     from PIL import Image, ImageOps
+
+    from conveyor.imageio import to_rgb
 
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
-        im = im.convert("RGB")
+        im = to_rgb(im)
+        if im.mode != "RGB":
+            im = im.convert("RGB")
         if im.size != (image_size, image_size):
             im = im.resize((image_size, image_size), resample=Image.Resampling.BILINEAR)
         return np.asarray(im, dtype=np.uint8)
