@@ -14,13 +14,14 @@ Definitions (all computed on the RGB image after EXIF transpose and mode normali
   (0 where ``max == 0``), 0..1.
 * ``sharpness``: variance of the 4-neighbour Laplacian ``[[0,1,0],[1,-4,1],[0,1,0]]`` of the
   grey image scaled to 0..1, over the interior pixels (no padding); 0 for images under 3 px.
-* Images whose longer side exceeds ``STATS_MAX_SIDE`` (256 px) get their statistics from a
-  box-filtered copy reduced by an integer factor to at most 256 px (``Image.reduce``), so the
-  cost per image stays bounded. Sharpness therefore describes the image at that scale.
-* ``phash`` (or ``dhash``/``ahash``/``whash``): the same bits as ``imagehash.<fn>(image,
-  hash_size)`` of the RGB image. For images up to 256 px the Lanczos resize that imagehash
-  does through PIL is reproduced exactly in numpy (PIL's fixed-point coefficients, rounding and
-  pass order), in bulk; larger images use PIL's own resize. ``whash`` calls imagehash per image.
+* Images whose longer side exceeds ``STATS_MAX_SIDE`` (256 px) are first reduced by an integer
+  box filter to at most 256 px (``Image.reduce``, one C call), and statistics and hash come from
+  that working copy, so the cost per image stays bounded. Sharpness then describes the image at
+  that scale.
+* ``phash`` (or ``dhash``/``ahash``/``whash``): the same bits as ``imagehash.<fn>(copy,
+  hash_size)`` of the working copy, i.e. of the image itself up to 256 px. The Lanczos resize
+  that imagehash does through PIL is reproduced exactly in numpy (PIL's fixed-point
+  coefficients, rounding and pass order), in bulk; ``whash`` calls imagehash per image.
   The hex string is ``str(imagehash_result)`` left-padded with zeros to whole bytes, so that
   ``conveyor.neardup`` can read it (identical to imagehash's string when ``hash_size`` is a
   multiple of 4).
@@ -48,7 +49,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 STATS_MAX_SIDE = 256
-"""Longer side above which statistics come from a reduced copy (and the hash resize from PIL)."""
+"""Longer side above which statistics and hash come from a copy reduced to at most this."""
 
 SAFE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 """Formats PIL may open. Others (EPS through Ghostscript, PSD, TGA, ...) are refused."""
@@ -60,6 +61,8 @@ _MAGIC: tuple[bytes, ...] = (
 )
 
 _EXIF_ORIENTATION = 0x0112
+_NO_EXIF_UNLESS_CHUNK = frozenset({"PNG", "GIF", "BMP", "PPM"})  # EXIF only via an info["exif"] chunk
+_GREY_WEIGHTS = np.array([19595.0, 38470.0, 7471.0], dtype=np.float32)
 _PRECISION_BITS = 22  # PIL Resample.c, 8 bits per channel
 _WHITE = (255, 255, 255, 255)
 
@@ -184,10 +187,12 @@ def open_image(
             raise DecodeError("corrupt", f"{name}: cannot decode {fmt} data: {err}") from None
         except Exception as err:  # noqa: BLE001
             raise DecodeError("corrupt", f"{name}: cannot decode {fmt} data (truncated or damaged): {err}") from None
-        try:
-            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-        except Exception:  # noqa: BLE001 - a broken EXIF block must not reject good pixels
-            orientation = 1
+        orientation = 1
+        if "exif" in im.info or fmt not in _NO_EXIF_UNLESS_CHUNK or "Raw profile type exif" in im.info:
+            try:
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+            except Exception:  # noqa: BLE001 - a broken EXIF block must not reject good pixels
+                orientation = 1
         if orientation in (2, 3, 4, 5, 6, 7, 8):
             im = ImageOps.exif_transpose(im)
         try:
@@ -308,22 +313,22 @@ def _lanczos_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 
 def _fixed_point_round(acc: np.ndarray) -> np.ndarray:
-    # PIL: clip8((1 << 21) + sum(pixel * coeff)) = clip(floor(. / 2**22), 0, 255); all exact in float64
-    out = np.floor((acc + float(1 << (_PRECISION_BITS - 1))) * (1.0 / (1 << _PRECISION_BITS)))
-    return np.clip(out, 0.0, 255.0, out=out)
+    """PIL's clip8((1 << 21) + sum(pixel * coeff)) = clip(floor(. / 2**22), 0, 255), in place;
+    exact in float64."""
+    acc += float(1 << (_PRECISION_BITS - 1))
+    acc *= 1.0 / (1 << _PRECISION_BITS)
+    np.floor(acc, out=acc)
+    return np.clip(acc, 0.0, 255.0, out=acc)
 
 
 def _resize_passes(x: np.ndarray, width: int, height: int, order: str) -> np.ndarray:
-    k, h, w = x.shape
+    """Two fixed-point Lanczos passes over a float64 stack (k, h, w) of 8-bit values."""
     for axis in order:
-        if axis == "h" and x.shape[2] != width:
-            x = _fixed_point_round(
-                (x.reshape(k * x.shape[1], x.shape[2]) @ _lanczos_matrix(x.shape[2], width).T).reshape(k, -1, width)
-            )
-        elif axis == "v" and x.shape[1] != height:
-            xt = np.ascontiguousarray(x.transpose(0, 2, 1))
-            y = (xt.reshape(-1, xt.shape[2]) @ _lanczos_matrix(x.shape[1], height).T).reshape(k, x.shape[2], height)
-            x = _fixed_point_round(np.ascontiguousarray(y.transpose(0, 2, 1)))
+        k, h, w = x.shape
+        if axis == "h" and w != width:
+            x = _fixed_point_round((x.reshape(k * h, w) @ _lanczos_matrix(w, width).T).reshape(k, h, width))
+        elif axis == "v" and h != height:
+            x = _fixed_point_round(np.matmul(_lanczos_matrix(h, height), x))
     return x
 
 
@@ -355,7 +360,7 @@ def lanczos_resize_grey(grey: np.ndarray, width: int, height: int) -> np.ndarray
     order = _pass_order(h, w, width, height)
     if order is None:
         return np.stack([
-            np.asarray(Image.fromarray(g).resize((width, height), Image.Resampling.LANCZOS)) for g in grey
+            np.asarray(Image.fromarray(g.astype(np.uint8)).resize((width, height), Image.Resampling.LANCZOS)) for g in grey
         ]).astype(np.float64)
     return _resize_passes(grey.astype(np.float64), width, height, order)
 
@@ -376,8 +381,10 @@ def _hash_bits(grid: np.ndarray, hash_fn: str, hash_size: int) -> np.ndarray:
     if hash_fn == "phash":
         import scipy.fftpack
 
-        dct = scipy.fftpack.dct(scipy.fftpack.dct(grid, axis=1), axis=2)
-        low = dct[:, :hash_size, :hash_size].reshape(k, -1)
+        # imagehash: dct(dct(pixels, axis=0), axis=1)[:n, :n]; rows beyond n of the first
+        # transform never reach the low corner, so they are dropped before the second one
+        rows = scipy.fftpack.dct(grid, axis=1)[:, :hash_size, :]
+        low = scipy.fftpack.dct(rows, axis=2)[:, :, :hash_size].reshape(k, -1)
         med = np.median(low, axis=1)
         return low > med[:, None]
     if hash_fn == "dhash":
@@ -398,30 +405,24 @@ def perceptual_hash(image: Image.Image, hash_fn: str = "phash", hash_size: int =
 
 @dataclass
 class _Prepared:
-    rgb: bytes  # the statistics image, RGB packed
-    size: tuple[int, int]  # (w, h) of the statistics image
-    grid: np.ndarray | None  # resized grey grid for the hash when precomputed (large images)
+    rgb: bytes  # the working copy, RGB packed
+    size: tuple[int, int]  # (w, h) of the working copy
     hash_hex: str | None  # precomputed hash (whash)
 
 
 def prepare_features(image: Image.Image, hash_fn: str = "phash", hash_size: int = 8) -> _Prepared:
-    """The per-image part of :func:`image_features` (PIL calls; cheap for small images)."""
+    """The per-image part of :func:`image_features`: the working copy (reduced by an integer box
+    filter to at most ``STATS_MAX_SIDE`` px when larger) as packed RGB bytes; whash here."""
     w, h = image.size
-    grid = None
+    work = image
+    if max(w, h) > STATS_MAX_SIDE:
+        work = image.reduce(math.ceil(max(w, h) / STATS_MAX_SIDE))
     hash_hex = None
     if hash_fn == "whash":
         import imagehash
 
-        hash_hex = _bits_to_hex(np.asarray(imagehash.whash(image, hash_size=hash_size).hash).reshape(1, -1))[0]
-    stats_img = image
-    if max(w, h) > STATS_MAX_SIDE:
-        if hash_fn != "whash":
-            gw, gh = _hash_grid_size(hash_fn, hash_size)
-            grey = image.convert("L").resize((gw, gh), Image.Resampling.LANCZOS)
-            grid = np.asarray(grey, dtype=np.float64)[None]
-        factor = math.ceil(max(w, h) / STATS_MAX_SIDE)
-        stats_img = image.reduce(factor)
-    return _Prepared(stats_img.tobytes(), stats_img.size, grid, hash_hex)
+        hash_hex = _bits_to_hex(np.asarray(imagehash.whash(work, hash_size=hash_size).hash).reshape(1, -1))[0]
+    return _Prepared(work.tobytes(), work.size, hash_hex)
 
 
 def features_from_prepared(items: Sequence[_Prepared], hash_fn: str = "phash", hash_size: int = 8) -> list[ImageFeatures]:
@@ -437,51 +438,53 @@ def features_from_prepared(items: Sequence[_Prepared], hash_fn: str = "phash", h
     for i, it in enumerate(items):
         groups.setdefault(it.size, []).append(i)
     grid_size = _hash_grid_size(hash_fn, hash_size) if hash_fn != "whash" else None
+    grid_parts: list[np.ndarray] = []
+    grid_rows: list[int] = []
     for (w, h), idx in groups.items():
-        # bound the float64 temporaries: at most ~2M pixels per block
-        step = max(1, (1 << 21) // max(1, w * h))
+        npx = w * h
+        step = max(1, (1 << 18) // max(1, npx))  # bound the temporaries (cache-sized blocks)
         for s in range(0, len(idx), step):
             block = idx[s : s + step]
             k = len(block)
-            npx = w * h
-            # planar copy (k, 3, n): reductions over a last axis of size 3 are slow in numpy
-            planes = np.frombuffer(b"".join(items[i].rgb for i in block), dtype=np.uint8).reshape(k, npx, 3)
-            planes = np.ascontiguousarray(planes.transpose(0, 2, 1))
-            r, g8, b = planes[:, 0], planes[:, 1], planes[:, 2]
-            acc = r.astype(np.uint32) * 19595
-            acc += g8.astype(np.uint32) * 38470
-            acc += b.astype(np.uint32) * 7471
-            acc += 0x8000
-            acc >>= 16
-            grey = acc.astype(np.uint8).reshape(k, h, w)  # PIL's RGB -> L (Convert.c L24), bit-exact
-            gf = acc.astype(np.float32)
-            m1 = gf.sum(axis=1, dtype=np.float64) / npx
-            m2 = np.einsum("ij,ij->i", gf, gf, dtype=np.float64) / npx
+            rgbf = np.frombuffer(b"".join(items[i].rgb for i in block), dtype=np.uint8).reshape(k, npx, 3)
+            rgbf = rgbf.astype(np.float32)
+            # PIL's RGB -> L (Convert.c: (r*19595 + g*38470 + b*7471 + 0x8000) >> 16), bit-exact:
+            # every partial sum is an integer below 2**24, exact in float32
+            grey = rgbf @ _GREY_WEIGHTS
+            grey += 32768.0
+            grey *= 1.0 / 65536.0
+            np.floor(grey, out=grey)
+            m1 = grey.sum(axis=1, dtype=np.float64) / npx
+            m2 = np.einsum("ij,ij->i", grey, grey, dtype=np.float64) / npx
             bright[block] = m1 / 255.0
             contrast[block] = np.sqrt(np.maximum(m2 - m1 * m1, 0.0)) / 255.0
-            mx = np.maximum(np.maximum(r, g8), b)
-            mn = np.minimum(np.minimum(r, g8), b)
-            s_ = (mx - mn).astype(np.float32)
-            s_ /= np.maximum(mx, 1).astype(np.float32)
-            sat[block] = s_.sum(axis=1, dtype=np.float64) / npx
+            r, g, b = rgbf[..., 0], rgbf[..., 1], rgbf[..., 2]
+            mx = np.maximum(r, g)
+            np.maximum(mx, b, out=mx)
+            mn = np.minimum(r, g)
+            np.minimum(mn, b, out=mn)
+            np.subtract(mx, mn, out=mn)
+            np.maximum(mx, 1.0, out=mx)
+            np.divide(mn, mx, out=mn)
+            sat[block] = mn.sum(axis=1, dtype=np.float64) / npx
+            g2 = grey.reshape(k, h, w)
             if h >= 3 and w >= 3:
-                g = grey.astype(np.float32) * np.float32(1.0 / 255.0)
-                lap = (g[:, :-2, 1:-1] + g[:, 2:, 1:-1] + g[:, 1:-1, :-2] + g[:, 1:-1, 2:]
-                       - 4.0 * g[:, 1:-1, 1:-1]).reshape(k, -1)
+                lap = g2[:, :-2, 1:-1] + g2[:, 2:, 1:-1]
+                lap += g2[:, 1:-1, :-2]
+                lap += g2[:, 1:-1, 2:]
+                lap -= 4.0 * g2[:, 1:-1, 1:-1]  # integers |lap| <= 1020: exact in float32
+                lap = lap.reshape(k, -1)
                 nl = float(lap.shape[1])
-                l1 = lap.sum(axis=1, dtype=np.float64) / nl
-                l2 = np.einsum("ij,ij->i", lap, lap, dtype=np.float64) / nl
+                l1 = lap.sum(axis=1, dtype=np.float64) / (255.0 * nl)
+                l2 = np.einsum("ij,ij->i", lap, lap, dtype=np.float64) / (255.0 * 255.0 * nl)
                 sharp[block] = np.maximum(l2 - l1 * l1, 0.0)
             if grid_size is not None:
-                todo = [j for j, i in enumerate(block) if items[i].grid is None]
-                grids = np.empty((k, grid_size[1], grid_size[0]), dtype=np.float64)
-                if todo:
-                    grids[todo] = lanczos_resize_grey(grey[todo], *grid_size)
-                for j, i in enumerate(block):
-                    if items[i].grid is not None:
-                        grids[j] = items[i].grid[0]
-                for i, hx in zip(block, _bits_to_hex(_hash_bits(grids, hash_fn, hash_size))):
-                    hashes[i] = hx
+                grid_parts.append(lanczos_resize_grey(g2, *grid_size))
+                grid_rows.extend(block)
+    if grid_parts:
+        grids = np.concatenate(grid_parts) if len(grid_parts) > 1 else grid_parts[0]
+        for i, hx in zip(grid_rows, _bits_to_hex(_hash_bits(grids, hash_fn, hash_size))):
+            hashes[i] = hx
     return [
         ImageFeatures(float(bright[i]), float(contrast[i]), float(sat[i]), float(sharp[i]), hashes[i] or "")
         for i in range(n)
