@@ -38,8 +38,6 @@ from conveyor.neardup import near_duplicate_pairs
 from conveyor.utils import atomic_write_json
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
-
     from conveyor.spec import Spec
 
 CONTRACTS_ENV = "CONVEYOR_CONTRACTS_DIR"

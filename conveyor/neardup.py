@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+_BLOCK_GROUP_ALL_PAIRS = 64
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
@@ -45,3 +46,57 @@ def near_duplicate_pairs(
                 continue
             out.append((gi, j, int(dist[i, j])))
     return out
+
+
+def near_pairs(phashes: list[str], max_distance: int) -> list[tuple[int, int, int]]:
+    """All pairs ``(i, j, distance)``, i < j, of hashes within ``max_distance``, sorted.
+
+    Same result as :func:`near_duplicate_pairs`, which compares all n² pairs.
+    For many hashes this first finds candidates by the pigeonhole principle: cut the bits into
+    ``max_distance + 1`` blocks; two hashes within the distance agree exactly on at least one
+    block. Only hashes sharing a block are compared (with ``near_duplicate_pairs`` for big groups).
+    """
+    n = len(phashes)
+    if n < 2:
+        return []
+    packed = hashes_to_bits(phashes)
+    bits = np.unpackbits(packed, axis=1)
+    nbits = bits.shape[1]
+    nblocks = max_distance + 1
+    if n <= 256 or nbits // nblocks < 8:
+        return sorted(near_duplicate_pairs(phashes, max_distance))
+    edges = np.linspace(0, nbits, nblocks + 1).astype(int)
+    found: dict[tuple[int, int], int] = {}
+    ci: list[np.ndarray] = []
+    cj: list[np.ndarray] = []
+    for b in range(nblocks):
+        block = np.packbits(bits[:, edges[b] : edges[b + 1]], axis=1)
+        keys = np.zeros(n, dtype=np.uint64)
+        for col in range(block.shape[1]):  # <= 8 bytes per block for 64-bit hashes; more bytes fold in
+            keys = keys * np.uint64(257) + block[:, col].astype(np.uint64) + np.uint64(1)
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        starts = np.flatnonzero(np.concatenate([[True], sk[1:] != sk[:-1]]))
+        sizes = np.diff(np.concatenate([starts, [n]]))
+        for size in np.unique(sizes[sizes >= 2]).tolist():
+            firsts = starts[sizes == size]
+            if size > _BLOCK_GROUP_ALL_PAIRS:
+                for f in firsts.tolist():
+                    members = order[f : f + size]
+                    for i, j, dist in near_duplicate_pairs([phashes[m] for m in members], max_distance):
+                        a, c = int(members[i]), int(members[j])
+                        found[(min(a, c), max(a, c))] = dist
+                continue
+            members = order[firsts[:, None] + np.arange(size)[None, :]]  # (groups, size)
+            ii, jj = np.triu_indices(size, k=1)
+            a, c = members[:, ii].ravel(), members[:, jj].ravel()
+            ci.append(np.minimum(a, c))
+            cj.append(np.maximum(a, c))
+    if ci:
+        pair_ids = np.unique(np.concatenate(ci).astype(np.int64) * n + np.concatenate(cj))
+        i_all, j_all = pair_ids // n, pair_ids % n
+        dist = np.unpackbits(packed[i_all] ^ packed[j_all], axis=1).sum(axis=1)
+        ok = dist <= max_distance
+        for i, j, dd in zip(i_all[ok].tolist(), j_all[ok].tolist(), dist[ok].tolist()):
+            found[(i, j)] = int(dd)
+    return sorted((i, j, dd) for (i, j), dd in found.items())

@@ -40,7 +40,9 @@ def test_registry_list_and_rollback_without_versions(tmp_path, capsys):
     assert "has no version 1" in capsys.readouterr().err
 
 
-def test_missing_source_is_a_clear_error(tmp_path, capsys):
+def test_missing_source_is_a_clear_error(prefect_harness, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    monkeypatch.setenv("PREFECT_LOCAL_STORAGE_PATH", str(tmp_path / "prefect-storage"))
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump({"name": "x", "task": "classification", "data": {"source": "nowhere"}}))
     assert main(["run", str(p), "--workspace", str(tmp_path / "ws")]) == 1

@@ -218,7 +218,6 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_declared_size_is_checked_before_any_pixel_is_decoded(monkeypatch):
-    data = F.write_png_header_only  # noqa: F841 - documentation of where bombs come from
     import io
 
     buf = io.BytesIO()
