@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import sqlite3
 from functools import lru_cache
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,6 +26,14 @@ def library_source_hash() -> str:
             h.update(str(f.relative_to(_ROOT)).encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger inside a run; a plain logger when a task is called with ``.fn()``."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("conveyor")
 
 
 LIBRARY_SOURCE = CacheKeyFnPolicy(cache_key_fn=lambda ctx, params: library_source_hash())

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import polars as pl
 from prefect import task
-from prefect.logging import get_run_logger
 
 from conveyor.contracts import ContractError, ContractReport, run_contracts
 from conveyor.curate import CurateResult, curate
@@ -15,20 +14,20 @@ from conveyor.ingest import IngestResult, ingest, source_fingerprint
 from conveyor.spec import Spec
 from conveyor.split import SplitResult, frozen_eval_hashes, split
 from conveyor.workspace import Workspace
-from tasks.common import RETRY, content_cache
+from tasks.common import RETRY, content_cache, run_logger
 
 
 @task(name="fingerprint-source", **RETRY)
 def fingerprint_task(spec: Spec) -> str:
     """Content key of the source (every file's bytes), so the ingest cache follows content, not paths."""
     key = source_fingerprint(spec)
-    get_run_logger().info("source %s has content key %s", spec.source_path, key)
+    run_logger().info("source %s has content key %s", spec.source_path, key)
     return key
 
 
 @task(name="ingest", cache_policy=content_cache("spec"), persist_result=True, **RETRY)
 def ingest_task(spec: Spec, source_key: str, spec_key: str, workspace: str) -> IngestResult:
-    log = get_run_logger()
+    log = run_logger()
     res = ingest(spec, Workspace(workspace).datasets, progress=True)
     log.info("ingested %d of %d items (%d quarantined: %s); dataset version %s",
              res.accepted, res.received, res.quarantined, res.quarantine_reasons or "none", res.dataset_version)
@@ -47,7 +46,7 @@ def frozen_eval_task(spec: Spec, workspace: str, dataset_version: str) -> frozen
 def curate_task(spec: Spec, manifest_path: str, dataset_version: str, spec_key: str, prefer: frozenset[str],
                 prefer_key: str, workspace: str) -> CurateResult:
     res = curate(manifest_path, spec, Workspace(workspace).curated, prefer=prefer)
-    get_run_logger().info("curation kept %d of %d images; removed %s", res.kept, res.received, res.removed_reasons or "none")
+    run_logger().info("curation kept %d of %d images; removed %s", res.kept, res.received, res.removed_reasons or "none")
     return res
 
 
@@ -56,7 +55,7 @@ def split_task(spec: Spec, curated_path: str, curated_version: str, dataset_vers
                classes: list[str], workspace: str) -> SplitResult:
     ws = Workspace(workspace)
     res = split(curated_path, spec, ws.splits, ws.state(spec.name), dataset_version=dataset_version, classes=classes)
-    get_run_logger().info("split %s by %s: %s images, %s groups (%d newly assigned, %d frozen before)",
+    run_logger().info("split %s by %s: %s images, %s groups (%d newly assigned, %d frozen before)",
                           res.split_version, spec.split.group_by, res.counts, res.groups, res.new_assignments,
                           res.frozen_images)
     return res
@@ -75,5 +74,5 @@ def contracts_task(spec: Spec, manifest_path: str, split_path: str, dataset_vers
     except ContractError:
         shutil.copyfile(out, Path(run_dir) / "contracts.json")
         raise
-    get_run_logger().info("data contracts passed: %d suites", len(report.suites))
+    run_logger().info("data contracts passed: %d suites", len(report.suites))
     return str(out)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from prefect import task
-from prefect.logging import get_run_logger
 
 from conveyor.evaluate import EvalResult, evaluate
 from conveyor.spec import Spec
 from conveyor.train import TrainResult, train
 from conveyor.utils import stable_hash
 from conveyor.workspace import Workspace
-from tasks.common import RETRY, content_cache, library_source_hash
+from tasks.common import RETRY, content_cache, library_source_hash, run_logger
 
 
 @task(name="train", cache_policy=content_cache("spec", "split_path", "lineage"), persist_result=True, **RETRY)
@@ -19,7 +18,7 @@ def train_task(spec: Spec, split_path: str, split_version: str, dataset_version:
     key = stable_hash([split_version, spec_key, classes, library_source_hash()])
     out_dir = Workspace(workspace).models / key
     res = train(spec, split_path, classes, out_dir, dataset_version=dataset_version, lineage=lineage, progress=True)
-    get_run_logger().info("trained %s for %d epochs in %.1f s (best epoch %d): %s", res.model_name, res.epochs,
+    run_logger().info("trained %s for %d epochs in %.1f s (best epoch %d): %s", res.model_name, res.epochs,
                           res.train_seconds, res.best_epoch, res.checkpoint_path)
     return res
 
@@ -30,7 +29,7 @@ def evaluate_task(checkpoint_path: str, checkpoint_hash: str, split_path: str, s
     out_dir = Workspace(workspace).evals / f"{checkpoint_hash[:16]}-{split_version}"
     res = evaluate(checkpoint_path, split_path, out_dir, split="test", num_threads=num_threads, progress=True)
     m = res.metrics
-    get_run_logger().info("%s on %d test images: f1=%.4f ece=%.4f p95=%.2f ms (%s)", role, res.n_images,
+    run_logger().info("%s on %d test images: f1=%.4f ece=%.4f p95=%.2f ms (%s)", role, res.n_images,
                           m.get("f1", float("nan")), m.get("ece", float("nan")), m.get("latency_p95_ms", float("nan")),
                           res.latency.get("backend", "?"))
     return res

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.logging import get_run_logger
 
 from conveyor.gate import GateDecision, evaluate_gate, skip_decision
 from conveyor.registry import ModelVersion, Registry
 from conveyor.rollout import PromotionResult, promote
 from conveyor.spec import Spec
-from tasks.common import RETRY, artifact_key, table
+from tasks.common import RETRY, artifact_key, run_logger, table
 
 
 @task(name="champion", **RETRY)
@@ -21,7 +20,7 @@ def champion_task(name: str, registry_root: str) -> ModelVersion | None:
 @task(name="gate")
 def gate_task(spec: Spec, challenger: dict, champion: dict | None, champion_version: int | None,
               same_as_champion: bool = False) -> GateDecision:
-    log = get_run_logger()
+    log = run_logger()
     if same_as_champion:
         decision = skip_decision(champion_version, f"the challenger is champion v{champion_version} (data, spec and code unchanged)")
     else:
@@ -37,7 +36,7 @@ def register_task(name: str, registry_root: str, files: dict[str, str], model_ha
                   lineage: dict, gate: dict, run_id: str | None) -> ModelVersion:
     mv = Registry(registry_root).register(name, files=files, model_hash=model_hash, metrics=metrics,
                                           lineage=lineage, gate=gate, run_id=run_id)
-    get_run_logger().info("registered %s v%d in %s", name, mv.version, mv.artifact_dir)
+    run_logger().info("registered %s v%d in %s", name, mv.version, mv.artifact_dir)
     return mv
 
 
@@ -45,7 +44,7 @@ def register_task(name: str, registry_root: str, files: dict[str, str], model_ha
 def promote_task(name: str, registry_root: str, version: int, decision: GateDecision, strategy: str,
                  run_id: str | None) -> PromotionResult:
     res = promote(Registry(registry_root), name, version, decision, strategy=strategy, run_id=run_id)
-    get_run_logger().info(res.message)
+    run_logger().info(res.message)
     return res
 
 

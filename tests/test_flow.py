@@ -27,6 +27,15 @@ def task_states(flow_run_id: str) -> dict[str, list[str]]:
     return out
 
 
+def artifact_keys(flow_run_id: str) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key for a in arts}
+
+
 def write_spec(tmp_path: Path, **overrides) -> Path:
     p = tmp_path / "spec.yaml"
     p.write_text(yaml.safe_dump(toy_spec_dict(**overrides)))
@@ -48,12 +57,14 @@ def test_cycle_registers_caches_and_reacts_to_content(prefect_harness, tmp_path)
     assert (run_dir / "spec.yaml").exists() and (run_dir / "contracts.json").exists()
     assert json.loads((run_dir / "summary.json").read_text())["run_id"] == first["run_id"]
     assert {r["metric"] for r in first["reasons"]} == {"f1", "latency_p95_ms"}
+    assert artifact_keys(first["run_id"]) == {"toy-dataset", "toy-split", "toy-metrics", "toy-gate"}
     states = task_states(first["run_id"])
     assert all(s == ["Completed"] for name, s in states.items() if name in CACHED_STAGES), states
 
     # unchanged data and spec: every stage is a cache hit and nothing new is registered
     second = continuous_training(spec_path=str(spec_path), workspace=str(ws))
     assert second["decision"] == "skipped" and second["model_version"] == 1
+    assert artifact_keys(second["run_id"]) == {"toy-dataset", "toy-split", "toy-metrics", "toy-gate"}
     states = task_states(second["run_id"])
     for stage in CACHED_STAGES:
         assert states[stage] == ["Cached"], (stage, states)
