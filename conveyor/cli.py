@@ -90,6 +90,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_registry_list(args) -> int:
+    from conveyor.gate import DECISION_WORDS
     from conveyor.registry import Registry
     from conveyor.workspace import Workspace
 
@@ -108,7 +109,7 @@ def cmd_registry_list(args) -> int:
     for v in versions:
         m = v.metrics
         print(f"{'*' if v.is_champion else ' ':2}{'v' + str(v.version):>7}  {v.created_at:25} "
-              f"{v.gate.get('decision', '?'):8} {_fmt(m.get('f1')):>7} {_fmt(m.get('ece')):>7} "
+              f"{DECISION_WORDS.get(v.gate.get('decision'), '?'):8} {_fmt(m.get('f1')):>7} {_fmt(m.get('ece')):>7} "
               f"{_fmt(m.get('latency_p95_ms'), 3):>7}  {v.lineage.get('dataset_version', '?')}")
     print(f"* champion: v{champion}" if champion else "no champion yet")
     return 0

@@ -9,6 +9,9 @@ from typing import Any
 
 from conveyor.spec import METRIC_DIRECTIONS, Spec
 
+# How a run reports each gate decision.
+DECISION_WORDS = {"promote": "promoted", "reject": "rejected", "skip": "skipped"}
+
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 
 

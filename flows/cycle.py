@@ -8,6 +8,7 @@ import uuid
 from prefect import flow
 from prefect.runtime import flow_run
 
+from conveyor.gate import DECISION_WORDS
 from conveyor.spec import load_spec
 from conveyor.utils import code_commit, package_versions, sha256_file, stable_hash
 from conveyor.workspace import Workspace
@@ -15,8 +16,6 @@ from tasks.data import contracts_task, curate_task, fingerprint_task, frozen_eva
 from tasks.model import evaluate_task, train_task
 from tasks.release import champion_task, gate_task, promote_task, publish_task, register_task
 from tasks.run import close_run_task, open_run_task
-
-DECISION_WORDS = {"promote": "promoted", "reject": "rejected", "skip": "skipped"}
 
 
 @flow(name="conveyor-cycle", log_prints=True)

@@ -93,3 +93,18 @@ def test_demo_end_to_end(tmp_path):
         assert rb.returncode == 0 and "champion is v1" in rb.stdout
         listed = json.loads(conveyor("registry", "list", str(spec), "--json", cwd=tmp_path).stdout)
         assert listed["champion"] == 1 and listed["champion_history"][-1]["reason"] == "manual rollback"
+
+
+def test_prefect_yaml_deploys_the_cycle_with_the_spec_schedule():
+    import importlib
+    import inspect
+
+    from conveyor.spec import load_spec
+
+    conf = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    (dep,) = conf["deployments"]
+    module, func = dep["entrypoint"].split(":")
+    flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)
+    assert set(dep["parameters"]) <= set(inspect.signature(flow.fn).parameters)
+    spec = load_spec(ROOT / dep["parameters"]["spec_path"])
+    assert dep["schedules"][0]["cron"] == spec.triggers.schedule.cron
