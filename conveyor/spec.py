@@ -55,7 +55,12 @@ class _Base(BaseModel):
 
 class DataSpec(_Base):
     source: str = Field(description="An image folder (one sub-folder per class) or a CSV/Parquet/JSONL manifest.")
-    format: Literal["auto", "folder", "manifest"] = "auto"
+    format: Literal["auto", "folder", "manifest", "coco", "yolo", "masks"] = "auto"
+    annotations: str | None = Field(
+        default=None,
+        description="Detection: a COCO JSON file or a YOLO labels folder; segmentation: the masks folder.",
+    )
+    ignore_index: int = Field(default=255, ge=0, le=255, description="Mask value that marks unlabelled pixels.")
     classes: list[str] | None = Field(
         default=None, description="Allowed labels. If omitted, taken from the folder names or manifest labels."
     )
