@@ -128,21 +128,22 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from conveyor.demo import bundled_example, write_demo_batch
+    from conveyor.demo import bundled_example, example_writer
 
+    write_batch = example_writer(args.example)
     root = Path(args.dir).resolve()
     if args.fresh and root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
-    spec_path = root / "classification.yaml"
+    spec_path = root / f"{args.example}.yaml"
     if not spec_path.exists():
-        shutil.copyfile(bundled_example("classification"), spec_path)
+        shutil.copyfile(bundled_example(args.example), spec_path)
     spec = _load(str(spec_path))
-    manifest = spec.source_path
     summaries = []
     for batch in (1, 2):
-        print(f"== demo cycle {batch}: writing batch {batch} of the digits data to {manifest.parent}", file=sys.stderr)
-        write_demo_batch(manifest.parent, batch)
+        print(f"== demo cycle {batch}: writing batch {batch} of the {args.example} demo data to {spec.source_path}",
+              file=sys.stderr)
+        write_batch(spec, batch)
         summaries.append(run_cycle(str(spec_path), args.workspace, trigger=f"demo-batch-{batch}"))
         if not args.json:
             print_summary(summaries[-1])
@@ -190,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     ws(rb)
     rb.set_defaults(func=cmd_rollback)
 
-    d = sub.add_parser("demo", help="run the bundled example: two cycles on real handwritten digits")
+    d = sub.add_parser("demo", help="run a bundled example: two cycles, a second batch of data arriving between them")
+    d.add_argument("--example", default="classification", help="which bundled example (default: classification)")
     d.add_argument("--dir", default=".demo", help="where the demo spec and data go (default: ./.demo)")
     d.add_argument("--fresh", action="store_true", help="delete the demo folder first")
     d.add_argument("--json", action="store_true")

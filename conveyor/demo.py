@@ -30,6 +30,24 @@ START_1 = datetime(2026, 10, 1, tzinfo=timezone.utc)
 START_2 = datetime(2026, 10, 22, tzinfo=timezone.utc)
 
 
+# Bundled examples: name -> "module:function"; the function takes the example's resolved spec
+# and a batch number (1 or 2) and writes that batch of demo data where the spec's data section
+# points (``spec.source_path``, ``spec.data.annotations``).
+EXAMPLES = {
+    "classification": "conveyor.demo:write_classification_demo",
+}
+
+
+def example_writer(name: str):
+    """The demo-data writer of a bundled example."""
+    import importlib
+
+    if name not in EXAMPLES:
+        raise ValueError(f"unknown example {name!r}; examples: {', '.join(sorted(EXAMPLES))}")
+    module, func = EXAMPLES[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
 def bundled_example(name: str = "classification") -> Path:
     """The example spec that ships with the project."""
     here = Path(__file__).resolve().parent
@@ -75,6 +93,11 @@ def _rows(indices: range, cameras: list[str], start: datetime, days: int, images
         rows.append({"path": rel, "label": str(int(targets[idx])), "camera": camera, "scene": scene,
                      "captured_at": ts.strftime("%Y-%m-%dT%H:%M:%SZ")})
     return rows
+
+
+def write_classification_demo(spec, batch: int) -> Path:
+    """The classification example: digits under the folder of the spec's manifest."""
+    return write_demo_batch(spec.source_path.parent, batch)
 
 
 def write_demo_batch(root: str | Path, batch: int) -> Path:
