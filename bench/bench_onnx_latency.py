@@ -6,6 +6,9 @@ Builds the model (random initial weights: latency does not depend on the values)
 deployable graph that ``conveyor.evaluate`` exports (normalisation included), exports it to ONNX
 (opset 17, ``dynamo=False``), checks parity, and times batch-1 calls on both backends with pinned
 threads and warm-up. The goal is ORT p95 <= 0.6 x torch p95; the verdict is PASS or MISS.
+
+Detection: ``--task detection --model ssdlite320_mobilenet_v3_large --image-size 160``. Randomly
+initialised detectors keep many low-score boxes, so NMS costs more than for a trained model.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ GOAL_RATIO = 0.6
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet10t", help="timm model name")
+    parser.add_argument("--model", default="resnet10t", help="timm model name (segmentation: unet, lraspp_mobilenet_v3_large, ...)")
+    parser.add_argument("--task", default="classification", help="task kind whose adapter builds the model, e.g. segmentation")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--runs", type=int, default=300, help="timed batch-1 calls per backend (>= 200)")
@@ -35,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from conveyor.evaluate import run_onnx_batched, export_onnx_model, measure_onnx_latency, measure_torch_latency, onnx_session
-    from conveyor.kinds import classification as kind
+    from conveyor import kinds
+
+    kind = kinds.get(args.task)
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -54,15 +60,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         size_mb = onnx_path.stat().st_size / 2**20
         probe = kind.example_input(meta, 8)
+        # Detection runs image by image (its graph takes one image and returns boxes, scores, labels).
+        run_torch = getattr(kind, "run_torch", None)
+        run_ort = getattr(kind, "run_onnx", run_onnx_batched)
         with torch.no_grad():
-            ref = deploy(probe).numpy()
-        diff = kind.onnx_parity(ref, run_onnx_batched(onnx_session(onnx_path, args.threads), probe.numpy()))
+            ref = run_torch(deploy, probe) if run_torch is not None else deploy(probe).numpy()
+        diff = kind.onnx_parity(ref, run_ort(onnx_session(onnx_path, args.threads), probe.numpy()))
         # Alternate the two backends so drift on a shared machine hits both alike.
         sample = example.numpy()
-        t1 = measure_torch_latency(deploy, args.image_size, args.runs, args.threads, sample=example)
-        o1 = measure_onnx_latency(onnx_path, args.image_size, args.runs, args.threads, sample=sample)
-        t2 = measure_torch_latency(deploy, args.image_size, args.runs, args.threads, sample=example)
-        o2 = measure_onnx_latency(onnx_path, args.image_size, args.runs, args.threads, sample=sample)
+        thr = {"throughput_batch": getattr(kind, "THROUGHPUT_BATCH", 32)}
+        t1 = measure_torch_latency(deploy, args.image_size, args.runs, args.threads, sample=example, **thr)
+        o1 = measure_onnx_latency(onnx_path, args.image_size, args.runs, args.threads, sample=sample, **thr)
+        t2 = measure_torch_latency(deploy, args.image_size, args.runs, args.threads, sample=example, **thr)
+        o2 = measure_onnx_latency(onnx_path, args.image_size, args.runs, args.threads, sample=sample, **thr)
 
     def best(a: dict, b: dict, key: str, fn=min) -> float:
         return float(fn(a[key], b[key]))
@@ -75,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"model {args.model}  image {args.image_size}px  batch 1  threads {args.threads}  runs {args.runs} x2  "
           f"params {params_m:.2f} M  onnx {size_mb:.2f} MiB  parity {diff:.2e}")
-    print(f"torch eager   p50 {torch_p50:7.3f} ms   p95 {torch_p95:7.3f} ms   batch-32 {torch_thr:9.0f} img/s")
-    print(f"onnxruntime   p50 {onnx_p50:7.3f} ms   p95 {onnx_p95:7.3f} ms   batch-32 {onnx_thr:9.0f} img/s")
+    tb = thr["throughput_batch"]
+    print(f"torch eager   p50 {torch_p50:7.3f} ms   p95 {torch_p95:7.3f} ms   batch-{tb} {torch_thr:9.0f} img/s")
+    print(f"onnxruntime   p50 {onnx_p50:7.3f} ms   p95 {onnx_p95:7.3f} ms   batch-{tb} {onnx_thr:9.0f} img/s")
     print(f"p95 ratio onnx/torch = {ratio:.3f}x  (goal <= {args.goal:g}x)  {verdict}")
     if args.json:
         print(json.dumps({

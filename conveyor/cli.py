@@ -46,6 +46,11 @@ def print_summary(s: dict) -> None:
     removed = ", ".join(f"{k} {v}" for k, v in sorted(d["removed_reasons"].items())) or "none"
     print(f"  dataset {s['dataset_version']}: received {d['received']}, accepted {d['accepted']}, "
           f"quarantined {d['quarantined']} ({reasons})")
+    a = d.get("annotations") or {}
+    if a:  # detection sources: box accounting
+        box_reasons = ", ".join(f"{k} {v}" for k, v in sorted(a["box_quarantine_reasons"].items())) or "none"
+        print(f"  boxes: received {a['boxes_received']}, accepted {a['boxes_accepted']}, "
+              f"quarantined {a['boxes_quarantined']} ({box_reasons}); {a['negative_images']} images without boxes")
     print(f"  curation kept {d['curated']} (removed: {removed})")
     sp = s["split"]
     print(f"  split by {sp['group_by']}: " + ", ".join(f"{k} {v} images/{sp['groups'][k]} groups" for k, v in sp["counts"].items()))

@@ -200,7 +200,21 @@ def contract_params(spec: Spec, classes: list[str], now: datetime | None = None)
         "eval_splits": [s for s in EVAL_SPLITS if ratios.get(s, 0) > 0],
         "nonempty_splits": [s for s in SPLITS if ratios.get(s, 0) > 0],
         "near_duplicate_max_distance": int(spec.curation.near_duplicates.max_distance),
+        "task": spec.task,
     }
+
+
+# Task kinds with suites of their own: task -> module naming its suites (MANIFEST_SUITE,
+# SPLIT_FRAME_SUITE, COVERAGE_SUITE) and building derived frames (manifest_frames,
+# class_coverage_frame). Tasks not listed use the classification suites.
+TASK_CONTRACTS = {"detection": "conveyor.detection_contracts", "segmentation": "conveyor.segmentation_contracts"}
+
+
+def _task_contracts(params: dict[str, Any]):
+    import importlib
+
+    name = TASK_CONTRACTS.get(str(params.get("task", "")))
+    return importlib.import_module(name) if name else None
 
 
 # ---- suites ---------------------------------------------------------------------------------
@@ -509,9 +523,13 @@ def validate_manifest(
 ) -> ContractReport:
     """Run the ``manifest`` suite (and ``manifest_time`` when ``params['group_by'] == 'time'``)."""
     v = _validator(context)
-    outcomes = [v.run("manifest", manifest, params, contracts_dir, example_columns=["id"])]
+    hooks = _task_contracts(params)
+    suite = getattr(hooks, "MANIFEST_SUITE", "manifest")
+    outcomes = [v.run(suite, manifest, params, contracts_dir, example_columns=["id"])]
     if params.get("group_by") == "time":
         outcomes.append(v.run("manifest_time", manifest, params, contracts_dir, example_columns=["id"]))
+    for name, frame, cols in (hooks.manifest_frames(manifest, params) if hasattr(hooks, "manifest_frames") else []):
+        outcomes.append(v.run(name, frame, params, contracts_dir, example_columns=cols))
     return _merge(outcomes, params)
 
 
@@ -523,7 +541,9 @@ def validate_split(
     A derived suite whose input columns are missing is skipped; ``split_frame`` fails then.
     """
     v = _validator(context)
-    outcomes = [v.run("split_frame", split, params, contracts_dir, example_columns=["id", "split"])]
+    hooks = _task_contracts(params)
+    frame_suite = getattr(hooks, "SPLIT_FRAME_SUITE", "split_frame")
+    outcomes = [v.run(frame_suite, split, params, contracts_dir, example_columns=["id", "split"])]
     if _has(split, "group", "split"):
         outcomes.append(v.run("split_groups", split_groups_frame(split), params, contracts_dir))
     if _has(split, "content_hash", "split", "id"):
@@ -531,7 +551,11 @@ def validate_split(
     if _has(split, "phash", "split", "id"):
         nd = split_near_duplicates_frame(split, int(params.get("near_duplicate_max_distance", 0)))
         outcomes.append(v.run("split_near_duplicates", nd, params, contracts_dir, table_examples=True))
-    if _has(split, "label", "split"):
+    if hasattr(hooks, "class_coverage_frame") and _has(split, "split"):  # e.g. detection: boxes per class
+        eval_splits = list(params.get("eval_splits", EVAL_SPLITS))
+        cov = hooks.class_coverage_frame(split, list(params.get("classes", [])), eval_splits)
+        outcomes.append(v.run(hooks.COVERAGE_SUITE, cov, params, contracts_dir))
+    elif _has(split, "label", "split"):
         eval_splits = list(params.get("eval_splits", EVAL_SPLITS))
         cov = split_class_coverage_frame(split, list(params.get("classes", [])), eval_splits)
         outcomes.append(v.run("split_class_coverage", cov, params, contracts_dir))

@@ -28,6 +28,7 @@ evaluation set) first, then the earliest ``captured_at`` (nulls last), then the 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -244,6 +245,9 @@ def _curated_version(curated: pl.DataFrame, removed: pl.DataFrame, spec: Spec, p
     h.update(f"curation={spec.section_hash('curation')}\0".encode())
     kcols = ["id", "content_hash", "label", "camera", "scene", "captured_at"] + (["path"] if "path" in curated.columns else [])
     rows_digest(h, curated, kcols)
+    if "boxes" in curated.columns:  # detection: the boxes belong to the kept rows' content
+        h.update(b"\0boxes\0")
+        h.update(json.dumps(curated.select("id", "boxes").rows(), sort_keys=True).encode())
     h.update(b"\0removed\0")
     rows_digest(h, removed, ["id", "content_hash", "reason", "duplicate_of"])
     h.update(b"\0prefer\0")

@@ -35,6 +35,8 @@ START_2 = datetime(2026, 10, 22, tzinfo=timezone.utc)
 # points (``spec.source_path``, ``spec.data.annotations``).
 EXAMPLES = {
     "classification": "conveyor.demo:write_classification_demo",
+    "detection": "conveyor.demo_detection:write_detection_demo",
+    "segmentation": "conveyor.demo_segmentation:write_segmentation_demo",
 }
 
 

@@ -134,9 +134,13 @@ def measure_onnx_latency(
     *,
     warmup: int = WARMUP_RUNS,
     sample: np.ndarray | None = None,
+    throughput_batch: int = THROUGHPUT_BATCH,
 ) -> dict[str, Any]:
-    """p50/p95 of single-image onnxruntime calls and batch-32 throughput, on the CPU."""
+    """p50/p95 of single-image onnxruntime calls and batch-32 throughput, on the CPU.
+
+    ``throughput_batch`` is 1 for graphs with a fixed batch of one image (detection)."""
     _check_runs(runs)
+    THROUGHPUT_BATCH = int(throughput_batch)  # noqa: N806 - shadows the default below
     mem = _PeakRss()
     session = onnx_session(onnx_path, num_threads)
     mem.sample()
@@ -183,9 +187,11 @@ def measure_torch_latency(
     *,
     warmup: int = WARMUP_RUNS,
     sample: torch.Tensor | None = None,
+    throughput_batch: int = THROUGHPUT_BATCH,
 ) -> dict[str, Any]:
     """p50/p95 of single-image torch eager calls (CPU, inference mode) and batch-32 throughput."""
     _check_runs(runs)
+    THROUGHPUT_BATCH = int(throughput_batch)  # noqa: N806 - shadows the default below
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(int(num_threads))
     try:
@@ -335,11 +341,13 @@ def evaluate(
             size_mb = onnx_path.stat().st_size / _MB
             # Latency first, in a fresh session, so its memory figure is not hidden by the parity run.
             if latency_runs:
-                latency = measure_onnx_latency(onnx_path, int(meta["image_size"]), latency_runs, num_threads)
+                latency = measure_onnx_latency(onnx_path, int(meta["image_size"]), latency_runs, num_threads,
+                                               throughput_batch=getattr(adapter, "THROUGHPUT_BATCH", THROUGHPUT_BATCH))
             session = onnx_session(onnx_path, num_threads)
             inputs = adapter.deploy_inputs(data)
-            ort_out = run_onnx_batched(session, inputs.numpy())
-            torch_out = _run_torch_batched(deploy, inputs)
+            # Adapters whose outputs are not one array per batch (detection) run image by image.
+            ort_out = getattr(adapter, "run_onnx", run_onnx_batched)(session, inputs.numpy())
+            torch_out = getattr(adapter, "run_torch", _run_torch_batched)(deploy, inputs)
             del session
             diff = float(adapter.onnx_parity(torch_out, ort_out))
             if not diff <= adapter.PARITY_ATOL:
@@ -353,7 +361,8 @@ def evaluate(
             onnx_diff = None
             size_mb = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / _MB
             if latency_runs:
-                latency = measure_torch_latency(deploy, int(meta["image_size"]), latency_runs, num_threads)
+                latency = measure_torch_latency(deploy, int(meta["image_size"]), latency_runs, num_threads,
+                                                throughput_batch=getattr(adapter, "THROUGHPUT_BATCH", THROUGHPUT_BATCH))
         latency["model_size_mb"] = round(size_mb, 4)
         latency["params_m"] = round(params_m, 4)
         if not latency.get("backend"):

@@ -42,7 +42,7 @@ from typing import Any
 import polars as pl
 from PIL import Image
 
-from conveyor import imageio
+from conveyor import imageio, masks
 from conveyor.spec import Spec
 from conveyor.utils import atomic_write_json, sha256_bytes, write_parquet_atomic
 
@@ -62,6 +62,7 @@ REASONS: dict[str, str] = {
     "duplicate_row": "the same path listed again in the manifest (the later row is quarantined)",
 }
 """Quarantine reason codes and what they mean."""
+REASONS.update(masks.REASONS)  # segmentation mask pairs (data.format: masks)
 
 MANIFEST_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 SIDECAR_NAMES = ("metadata.csv", "metadata.parquet", "metadata.jsonl")
@@ -120,6 +121,8 @@ class IngestResult:
     quarantined: int
     quarantine_reasons: dict[str, int]
     classes: list[str]
+    # detection sources (coco, yolo): box counts and box quarantine reasons (conveyor.detection_io)
+    annotations: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,6 +162,9 @@ class _Collected:
     quarantined: list[_Quarantined]
     received: int
     meta_files: list[Path] = field(default_factory=list)  # manifest / sidecar files read
+    # coco / yolo: called with the manifest frame after decoding; checks the boxes against the
+    # decoded sizes and returns a conveyor.detection_io.Finished (manifest with a boxes column)
+    finish: Any = None
 
 
 def _where(it: _Item) -> str:
@@ -280,11 +286,19 @@ def _source_kind(spec: Spec) -> tuple[Path, str]:
         raise IngestError(f"data.source {src} is not a folder (data.format: folder)")
     if fmt == "manifest" and not src.is_file():
         raise IngestError(f"data.source {src} is not a manifest file (data.format: manifest)")
+    if fmt == "masks" and not src.is_dir():
+        raise IngestError(f"data.source {src} is not a folder of images (data.format: masks)")
     return src, fmt
 
 
 def _collect(spec: Spec) -> _Collected:
     src, fmt = _source_kind(spec)
+    if fmt == "masks":
+        return masks.collect(spec, src)
+    if fmt in ("coco", "yolo"):
+        from conveyor import detection_io
+
+        return detection_io.collect(spec, src, fmt)
     return _collect_folder(spec, src) if fmt == "folder" else _collect_manifest(spec, src)
 
 
@@ -367,16 +381,17 @@ def _collect_folder(spec: Spec, src: Path) -> _Collected:
     return _Collected(root, "folder", cands, bad + more_bad, received, meta_files)
 
 
-def _check_metadata(spec: Spec, items: list[_Item]) -> tuple[list[_Item], list[_Quarantined]]:
-    """Label and timestamp checks shared by both source kinds (captured_at parsed in place)."""
+def _check_metadata(spec: Spec, items: list[_Item], labels: bool = True) -> tuple[list[_Item], list[_Quarantined]]:
+    """Label and timestamp checks shared by both source kinds (captured_at parsed in place).
+    ``labels=False`` (detection sources: the boxes carry the classes) checks timestamps only."""
     classes = set(spec.data.classes) if spec.data.classes is not None else None
     ok: list[_Item] = []
     bad: list[_Quarantined] = []
     for it in items:
-        if it.label is None:
+        if labels and it.label is None:
             bad.append(_q(it, "missing_label", "label", "no label"))
             continue
-        if classes is not None and it.label not in classes:
+        if labels and classes is not None and it.label not in classes:
             bad.append(_q(it, "unknown_label", "label", f"label {it.label!r} is not in data.classes {sorted(classes)}"))
             continue
         raw = it.captured_at
@@ -636,11 +651,23 @@ def ingest(spec: Spec, out_root: Path, progress: bool = False) -> IngestResult:
         if bar is not None:
             bar.close()
 
+    mask_info = None
+    if col.kind == "masks":  # pair each accepted image with its mask; failing pairs to the quarantine
+        accepted, features, bad_pairs, mask_info = masks.check_pairs(spec, col, accepted, features)
+        quarantined.extend(bad_pairs)
     manifest = _manifest_frame(accepted, features)
+    if mask_info is not None:
+        manifest = masks.with_mask_columns(manifest, mask_info)
+    # detection (coco, yolo): boxes checked against the decoded sizes, a boxes column, box quarantine
+    boxes = col.finish(manifest) if col.finish is not None else None
+    if boxes is not None:
+        manifest = boxes.manifest
     qdf = _quarantine_frame(quarantined)
-    version = _dataset_version(manifest, qdf, root, spec)
+    version = _dataset_version(manifest, qdf, root, spec, extra=boxes.digest if boxes is not None else "")
     reasons = dict(sorted(Counter(q.reason for q in quarantined).items()))
     classes = list(d.classes) if d.classes is not None else sorted(set(manifest.get_column("label").to_list()))
+    if boxes is not None:
+        classes = boxes.classes
     received = col.received
     if manifest.height + qdf.height != received:  # a bug, never a data problem
         raise AssertionError(f"ingest lost items: {manifest.height} + {qdf.height} != {received}")
@@ -657,7 +684,10 @@ def ingest(spec: Spec, out_root: Path, progress: bool = False) -> IngestResult:
         "hash": nd.hash,
         "hash_size": nd.hash_size,
     }
-    final = _write_version(Path(out_root), version, manifest, qdf, summary)
+    if boxes is not None:
+        summary["annotations"] = boxes.summary
+    final = _write_version(Path(out_root), version, manifest, qdf, summary,
+                           extra_frames=boxes.frames if boxes is not None else None)
     return IngestResult(
         dataset_version=version,
         manifest_path=str(final / "manifest.parquet"),
@@ -667,6 +697,7 @@ def ingest(spec: Spec, out_root: Path, progress: bool = False) -> IngestResult:
         quarantined=qdf.height,
         quarantine_reasons=reasons,
         classes=classes,
+        annotations=boxes.summary if boxes is not None else {},
     )
 
 
@@ -729,10 +760,11 @@ def rows_digest(h: "hashlib._Hash", df: pl.DataFrame, cols: list[str]) -> None:
     h.update("\x1e".join(rows).encode())
 
 
-def _dataset_version(manifest: pl.DataFrame, qdf: pl.DataFrame, root: str, spec: Spec) -> str:
+def _dataset_version(manifest: pl.DataFrame, qdf: pl.DataFrame, root: str, spec: Spec, extra: str = "") -> str:
     """16 hex of sha256 over the sorted accepted (id, content_hash, label, camera, scene,
     captured_at), the sorted quarantine (path, reason), the data root and the hash settings
-    (the manifest stores absolute paths and perceptual hashes, so those belong to the version)."""
+    (the manifest stores absolute paths and perceptual hashes, so those belong to the version).
+    ``extra``: a digest of annotations kept beside the images (detection boxes and their quarantine)."""
     h = hashlib.sha256()
     settings = {
         "schema": _VERSION_SCHEMA,
@@ -743,13 +775,18 @@ def _dataset_version(manifest: pl.DataFrame, qdf: pl.DataFrame, root: str, spec:
     h.update(json.dumps(settings, sort_keys=True).encode())
     h.update(b"\0accepted\0")
     rows_digest(h, manifest.sort("id"), ["id", "content_hash", "label", "camera", "scene", "captured_at"])
+    if "mask_hash" in manifest.columns:  # segmentation: a changed mask is a new dataset version
+        h.update(b"\0masks\0")
+        rows_digest(h, manifest.sort("id"), ["id", "mask_hash"])
     h.update(b"\0quarantine\0")
     rows_digest(h, qdf.select("path", "reason").sort(["path", "reason"]), ["path", "reason"])
+    if extra:  # detection: any changed box is a new dataset version
+        h.update(b"\0annotations\0" + extra.encode())
     return h.hexdigest()[:16]
 
 
 def _write_version(out_root: Path, version: str, manifest: pl.DataFrame, qdf: pl.DataFrame,
-                   summary: dict[str, Any]) -> Path:
+                   summary: dict[str, Any], extra_frames: dict[str, pl.DataFrame] | None = None) -> Path:
     out_root.mkdir(parents=True, exist_ok=True)
     final = out_root / version
     if (final / "ingest.json").is_file():
@@ -758,6 +795,8 @@ def _write_version(out_root: Path, version: str, manifest: pl.DataFrame, qdf: pl
     try:
         write_parquet_atomic(manifest, tmp / "manifest.parquet")
         write_parquet_atomic(qdf, tmp / "quarantine.parquet")
+        for name, frame in (extra_frames or {}).items():  # e.g. box_quarantine.parquet
+            write_parquet_atomic(frame, tmp / name)
         atomic_write_json(tmp / "ingest.json", summary)
         try:
             os.replace(tmp, final)

@@ -186,7 +186,9 @@ def split(
         )
 
     split_version = stable_hash(
-        {"rows": list(zip(df["id"].to_list(), hashes, df["label"].to_list(), groups, assigned)), "spec": spec.section_hash("split")}
+        {"rows": list(zip(df["id"].to_list(), hashes, df["label"].to_list(), groups, assigned)), "spec": spec.section_hash("split"),
+         # detection: changed boxes are a new split version (so training does not reuse a stale model)
+         **({"boxes": stable_hash(df["boxes"].to_list())} if "boxes" in df.columns else {})}
     )
     out_dir = Path(out_root) / split_version
     out_dir.mkdir(parents=True, exist_ok=True)

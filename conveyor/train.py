@@ -210,7 +210,8 @@ def train(
             best_score, best_epoch = score, epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if bar is not None:
-            bar.set_postfix(loss=f"{mean_loss:.4f}", **({"val_f1": f"{score:.4f}"} if len(val_set) else {}))
+            bar.set_postfix(loss=f"{mean_loss:.4f}",
+                            **({f"val_{adapter.PRIMARY_METRIC}": f"{score:.4f}"} if len(val_set) else {}))
     if bar is not None:
         bar.close()
     assert best_state is not None

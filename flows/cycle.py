@@ -95,6 +95,7 @@ def continuous_training(spec_path: str, workspace: str | None = None, trigger: s
             "received": ing.received, "accepted": ing.accepted, "quarantined": ing.quarantined,
             "quarantine_reasons": ing.quarantine_reasons, "quarantine_path": ing.quarantine_path,
             "curated": cur.kept, "removed_reasons": cur.removed_reasons, "removed_path": cur.removed_path,
+            "annotations": ing.annotations,  # detection: box counts and box quarantine reasons
         },
         "split": {"split_version": spl.split_version, "group_by": spec.split.group_by, "counts": spl.counts,
                   "groups": spl.groups, "per_class": spl.per_class},

@@ -10,6 +10,8 @@ import importlib
 
 _MODULES = {
     "classification": "conveyor.kinds.classification",
+    "detection": "conveyor.kinds.detection",
+    "segmentation": "conveyor.kinds.segmentation",
 }
 
 
