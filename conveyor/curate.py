@@ -28,7 +28,6 @@ evaluation set) first, then the earliest ``captured_at`` (nulls last), then the 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -40,7 +39,7 @@ from typing import Any
 
 import polars as pl
 
-from conveyor.ingest import rows_digest
+from conveyor.ingest import annotation_digest, rows_digest
 from conveyor.neardup import near_pairs
 from conveyor.spec import Spec
 from conveyor.utils import atomic_write_json, write_parquet_atomic
@@ -245,9 +244,7 @@ def _curated_version(curated: pl.DataFrame, removed: pl.DataFrame, spec: Spec, p
     h.update(f"curation={spec.section_hash('curation')}\0".encode())
     kcols = ["id", "content_hash", "label", "camera", "scene", "captured_at"] + (["path"] if "path" in curated.columns else [])
     rows_digest(h, curated, kcols)
-    if "boxes" in curated.columns:  # detection: the boxes belong to the kept rows' content
-        h.update(b"\0boxes\0")
-        h.update(json.dumps(curated.select("id", "boxes").rows(), sort_keys=True).encode())
+    h.update(f"\0annotations={annotation_digest(curated)}\0".encode())  # boxes or masks of the kept rows
     h.update(b"\0removed\0")
     rows_digest(h, removed, ["id", "content_hash", "reason", "duplicate_of"])
     h.update(b"\0prefer\0")

@@ -745,6 +745,20 @@ def _quarantine_frame(rows: list[_Quarantined]) -> pl.DataFrame:
     return df.sort(["row", "path"], nulls_last=True)
 
 
+# Per-image annotation columns of detection (boxes) and segmentation (mask content) sources:
+# a change to any of them is a change of the data every later version must see.
+ANNOTATION_COLUMNS = ("boxes", "mask_hash")
+
+
+def annotation_digest(df: pl.DataFrame) -> str | None:
+    """Hash of the rows' annotations (by id), or None for sources without any (classification)."""
+    cols = [c for c in ANNOTATION_COLUMNS if c in df.columns]
+    if not cols:
+        return None
+    rows = df.sort("id").select("id", *cols).rows()
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def rows_digest(h: "hashlib._Hash", df: pl.DataFrame, cols: list[str]) -> None:
     """Feed the rows of ``df[cols]``, in frame order, into hash ``h`` (vectorised; nulls and
     datetimes, as epoch microseconds, encoded unambiguously)."""

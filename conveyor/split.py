@@ -19,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
+from conveyor.ingest import annotation_digest
 from conveyor.neardup import near_duplicate_pairs
 from conveyor.spec import Spec, parse_duration_s
 from conveyor.utils import atomic_write_json, stable_hash, write_parquet_atomic
@@ -47,6 +48,17 @@ class SplitResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def class_occurrences(df: pl.DataFrame) -> pl.DataFrame:
+    """One row (split, cls) per occurrence of a class: an image's label (classification), a box
+    (detection) or an image whose mask contains the class (segmentation)."""
+    if "boxes" in df.columns:
+        return df.select("split", pl.col("boxes")).explode("boxes").drop_nulls("boxes").select(
+            "split", pl.col("boxes").struct.field("category").alias("cls"))
+    if "mask_classes" in df.columns:
+        return df.select("split", pl.col("mask_classes").alias("cls")).explode("cls").drop_nulls("cls")
+    return df.select("split", pl.col("label").alias("cls"))
 
 
 def group_keys(df: pl.DataFrame, spec: Spec) -> pl.Series:
@@ -187,8 +199,8 @@ def split(
 
     split_version = stable_hash(
         {"rows": list(zip(df["id"].to_list(), hashes, df["label"].to_list(), groups, assigned)), "spec": spec.section_hash("split"),
-         # detection: changed boxes are a new split version (so training does not reuse a stale model)
-         **({"boxes": stable_hash(df["boxes"].to_list())} if "boxes" in df.columns else {})}
+         # boxes or masks: changed annotations are a new split version (training must not reuse a stale model)
+         "annotations": annotation_digest(df)}
     )
     out_dir = Path(out_root) / split_version
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -201,11 +213,12 @@ def split(
         os.makedirs(state_dir, exist_ok=True)
         write_parquet_atomic(pl.concat([state, add], how="vertical_relaxed"), Path(state_dir) / STATE_FILE)
 
-    class_list = classes or sorted(set(df["label"].to_list()))
+    occ = class_occurrences(df)
+    class_list = classes or sorted(set(occ["cls"].to_list()))
     counts = {s: int((df["split"] == s).sum()) for s in SPLITS}
     n_groups = {s: int(df.filter(pl.col("split") == s)["group"].n_unique()) for s in SPLITS}
     per_class = {
-        s: {c: int(((df["split"] == s) & (df["label"] == c)).sum()) for c in class_list} for s in SPLITS
+        s: {c: int(((occ["split"] == s) & (occ["cls"] == c)).sum()) for c in class_list} for s in SPLITS
     }
     eval_hash = stable_hash(sorted(df.filter(pl.col("split").is_in(EVAL_SPLITS)).select("content_hash", "split").rows()))
     summary = {

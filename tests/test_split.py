@@ -106,3 +106,23 @@ def test_unfrozen_split_keeps_no_state(tmp_path):
 def test_too_few_groups_is_a_clear_error(tmp_path):
     with pytest.raises(SplitError, match="cannot fill train and test"):
         run(tmp_path, frame(n_cameras=1), spec(group_by="camera"))
+
+
+def test_detection_and_segmentation_classes_are_counted_and_annotations_version_the_split(tmp_path):
+    box = pl.Struct({"x1": pl.Float64, "y1": pl.Float64, "x2": pl.Float64, "y2": pl.Float64, "category": pl.String})
+    base = frame().with_columns(pl.lit(None, dtype=pl.Utf8).alias("label"))
+    boxes = [[{"x1": 0.0, "y1": 0.0, "x2": 4.0, "y2": 4.0, "category": "a"}] * (1 + i % 2) for i in range(base.height)]
+    det = base.with_columns(pl.Series("boxes", boxes, dtype=pl.List(box)))
+    sp = spec(group_by="camera")
+    r1, o1 = run(tmp_path / "a", det, sp)
+    assert sum(r1.per_class[s]["a"] for s in ("train", "val", "test")) == sum(len(b) for b in boxes)
+    moved = [[{**b[0], "x2": 5.0}] + b[1:] if i == 0 else b for i, b in enumerate(boxes)]
+    r2, _ = run(tmp_path / "b", det.with_columns(pl.Series("boxes", moved, dtype=pl.List(box))), sp)
+    assert r2.split_version != r1.split_version, "a changed box must give a new split version"
+
+    seg = base.with_columns(pl.Series("mask_classes", [["bg", "defect"] if i % 3 == 0 else ["bg"] for i in range(base.height)]),
+                            pl.lit("m" * 64).alias("mask_hash"))
+    r3, o3 = run(tmp_path / "c", seg, sp)
+    assert sum(r3.per_class[s].get("defect", 0) for s in ("train", "val", "test")) == 32
+    r4, _ = run(tmp_path / "d", seg.with_columns(pl.lit("n" * 64).alias("mask_hash")), sp)
+    assert r4.split_version != r3.split_version, "a changed mask must give a new split version"
