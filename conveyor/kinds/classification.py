@@ -196,15 +196,11 @@ def decode_image(path: str | Path, image_size: int) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
-def load_split(
-    split_path: str | Path, classes: Sequence[str], split: str, image_size: int, *, progress: bool = False
-) -> ImageSet:
-    """Decode every image of ``split`` once into a uint8 tensor (datasets here fit in memory)."""
-    rows = read_split_rows(split_path, classes, split)
-    n = rows.height
-    index = {c: i for i, c in enumerate(classes)}
+def decode_images(ids: Sequence[str], paths: Sequence[str], split: str, image_size: int, *,
+                  progress: bool = False) -> torch.Tensor:
+    """Decode images once into a uint8 (N, 3, S, S) tensor; a file that fails names its id."""
+    n = len(paths)
     arr = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
-    paths = rows["path"].to_list()
     it: Any = enumerate(paths)
     if progress and n:
         from tqdm.auto import tqdm
@@ -214,8 +210,17 @@ def load_split(
         try:
             arr[i] = decode_image(p, image_size)
         except (OSError, ValueError) as err:
-            raise ValueError(f"cannot decode image {rows['id'][i]!r} at {p}: {err}") from err
-    images = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+            raise ValueError(f"cannot decode image {ids[i]!r} at {p}: {err}") from err
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def load_split(
+    split_path: str | Path, classes: Sequence[str], split: str, image_size: int, *, progress: bool = False
+) -> ImageSet:
+    """Decode every image of ``split`` once into a uint8 tensor (datasets here fit in memory)."""
+    rows = read_split_rows(split_path, classes, split)
+    index = {c: i for i, c in enumerate(classes)}
+    images = decode_images(rows["id"].to_list(), rows["path"].to_list(), split, image_size, progress=progress)
     targets = torch.tensor([index[lbl] for lbl in rows["label"].to_list()], dtype=torch.long)
     return ImageSet(split=split, ids=rows["id"].to_list(), images=images, targets=targets, classes=list(classes))
 
@@ -448,16 +453,20 @@ def onnx_parity(torch_out: np.ndarray, ort_out: np.ndarray) -> float:
     return float(diff) if torch.isfinite(diff) else float("inf")
 
 
-def onnx_metadata(meta: dict[str, Any]) -> dict[str, str]:
-    """Key/value strings stored in the ONNX file so a server needs nothing else."""
+def describe_onnx(task: str, meta: dict[str, Any], inputs: str, output: str) -> dict[str, str]:
+    """Key/value strings stored in the ONNX file so a server needs nothing else (every task kind)."""
     import json
 
     return {
-        "conveyor.task": TASK,
+        "conveyor.task": task,
         "conveyor.classes": json.dumps(list(meta["classes"])),
         "conveyor.image_size": str(int(meta["image_size"])),
         "conveyor.model_name": str(meta["model_name"]),
-        "conveyor.input": ONNX_INPUT_DESCRIPTION,
-        "conveyor.output": "logits, N x num_classes (softmax for probabilities)",
+        "conveyor.input": inputs,
+        "conveyor.output": output,
         "conveyor.dataset_version": str(meta.get("dataset_version", "")),
     }
+
+
+def onnx_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    return describe_onnx(TASK, meta, ONNX_INPUT_DESCRIPTION, "logits, N x num_classes (softmax for probabilities)")

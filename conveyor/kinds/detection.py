@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from conveyor.kinds.classification import decode_image
+from conveyor.kinds.classification import decode_images, describe_onnx
 
 TASK = "detection"
 PRIMARY_METRIC = "map50"
@@ -199,22 +198,9 @@ def load_split(split_path: str | Path, classes: Sequence[str], split: str, image
     rows = df.filter(pl.col("split") == split).select(list(_REQUIRED_COLUMNS)).sort("id")
     if rows["id"].n_unique() != rows.height:
         raise ValueError(f"split table {split_path}: ids are not unique in split {split!r}")
-    n = rows.height
-    arr = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
-    paths = rows["path"].to_list()
-    it: Any = enumerate(paths)
-    if progress and n:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, total=n, desc=f"decode {split}", unit="img", leave=False)
-    for i, p in it:
-        try:
-            arr[i] = decode_image(p, image_size)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"cannot decode image {rows['id'][i]!r} at {p}: {err}") from err
+    images = decode_images(rows["id"].to_list(), rows["path"].to_list(), split, image_size, progress=progress)
     targets = targets_from_rows(rows["boxes"].to_list(), rows["width"].to_list(), rows["height"].to_list(),
                                 classes, image_size, where=f"split table {split_path}")
-    images = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
     return ImageSet(split=split, ids=rows["id"].to_list(), images=images, targets=targets, classes=list(classes))
 
 
@@ -486,12 +472,5 @@ def _score_floor(*scores: np.ndarray) -> float:
 
 
 def onnx_metadata(meta: dict[str, Any]) -> dict[str, str]:
-    return {
-        "conveyor.task": TASK,
-        "conveyor.classes": json.dumps(list(meta["classes"])),
-        "conveyor.image_size": str(int(meta["image_size"])),
-        "conveyor.model_name": str(meta["model_name"]),
-        "conveyor.input": ONNX_INPUT_DESCRIPTION,
-        "conveyor.output": "boxes D x 4 (xyxy pixels), scores D, labels D (class index); one image per call",
-        "conveyor.dataset_version": str(meta.get("dataset_version", "")),
-    }
+    return describe_onnx(TASK, meta, ONNX_INPUT_DESCRIPTION,
+                         "boxes D x 4 (xyxy pixels), scores D, labels D (class index); one image per call")

@@ -18,7 +18,7 @@ level, doubled per level), and torchvision's ``lraspp_mobilenet_v3_large``,
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,13 @@ from torch.nn import functional as F
 
 from conveyor.kinds.classification import (  # noqa: F401 - shared parts of the contract
     DeployModel,
+    ImageSet,
     TaskMetrics,
+    collate,
     decode_image,
     deploy_module,
+    describe_onnx,
+    make_dataset,
     normalize,
     onnx_parity,
 )
@@ -133,44 +137,9 @@ def normalization(model: nn.Module) -> tuple[list[float], list[float]]:
 
 
 # ---- data -------------------------------------------------------------------------------------
-@dataclass
-class MaskSet:
-    """One split, decoded: ``images`` uint8 (N, 3, S, S), ``targets`` uint8 (N, S, S), sorted by id."""
-
-    split: str
-    ids: list[str]
-    images: torch.Tensor
-    targets: torch.Tensor
-    classes: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-class _MaskSetDataset(torch.utils.data.Dataset):
-    def __init__(self, mask_set: MaskSet):
-        self.images = mask_set.images
-        self.targets = mask_set.targets
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, i: int):
-        return self.images[i], self.targets[i]
-
-    def __getitems__(self, indices: list[int]):
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.images.index_select(0, idx), self.targets.index_select(0, idx)
-
-
-def make_dataset(mask_set: MaskSet) -> torch.utils.data.Dataset:
-    return _MaskSetDataset(mask_set)
-
-
-def collate(batch):
-    if isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[0], torch.Tensor):
-        return batch
-    return torch.utils.data.default_collate(batch)
+# One split, decoded: ``images`` uint8 (N, 3, S, S), ``targets`` uint8 masks (N, S, S), sorted by
+# id. The in-memory set, its dataset and collate are classification's, with masks as targets.
+MaskSet = ImageSet
 
 
 def decode_mask(path: str | Path, image_size: int, num_classes: int) -> np.ndarray:
@@ -460,14 +429,5 @@ def deploy_inputs(mask_set: MaskSet) -> torch.Tensor:
 
 
 def onnx_metadata(meta: dict[str, Any]) -> dict[str, str]:
-    import json
-
-    return {
-        "conveyor.task": TASK,
-        "conveyor.classes": json.dumps(list(meta["classes"])),
-        "conveyor.image_size": str(int(meta["image_size"])),
-        "conveyor.model_name": str(meta["model_name"]),
-        "conveyor.input": ONNX_INPUT_DESCRIPTION,
-        "conveyor.output": "logits, N x num_classes x H x W (softmax over dim 1; argmax gives the class map)",
-        "conveyor.dataset_version": str(meta.get("dataset_version", "")),
-    }
+    return describe_onnx(TASK, meta, ONNX_INPUT_DESCRIPTION,
+                         "logits, N x num_classes x H x W (softmax over dim 1; argmax gives the class map)")
