@@ -126,6 +126,39 @@ def onnx_session(onnx_path: str | Path, num_threads: int):
     return ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
+def _time_calls(single, batched, runs: int, warmup: int, mem: "_PeakRss") -> tuple[list[float], int, float]:
+    """Warm up, time ``runs`` single-image calls with perf_counter, then time batched calls for
+    the throughput. Returns (per-call seconds, batched iterations, batched seconds)."""
+    for _ in range(warmup):
+        single()
+    mem.sample()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        single()
+        times.append(time.perf_counter() - t)
+    for _ in range(2):
+        batched()
+    iters = _throughput_iters(float(np.median(times)) * 1000.0)
+    t = time.perf_counter()
+    for _ in range(iters):
+        batched()
+        mem.sample()
+    return times, iters, time.perf_counter() - t
+
+
+def _latency_report(backend: dict[str, Any], timed: tuple[list[float], int, float], batch: int, mem: "_PeakRss",
+                    *, runs: int, warmup: int, num_threads: int, image_size: int) -> dict[str, Any]:
+    times, iters, thr_s = timed
+    out: dict[str, Any] = {**backend, **_summarise(times, iters * batch, thr_s)}
+    peak = mem.increase_mb()
+    if peak is not None:
+        out["peak_memory_mb"] = peak
+    out.update(runs=runs, warmup=warmup, batch=1, throughput_batch=batch, num_threads=int(num_threads),
+               image_size=int(image_size))
+    return out
+
+
 def measure_onnx_latency(
     onnx_path: str | Path,
     image_size: int,
@@ -140,43 +173,18 @@ def measure_onnx_latency(
 
     ``throughput_batch`` is 1 for graphs with a fixed batch of one image (detection)."""
     _check_runs(runs)
-    THROUGHPUT_BATCH = int(throughput_batch)  # noqa: N806 - shadows the default below
     mem = _PeakRss()
     session = onnx_session(onnx_path, num_threads)
     mem.sample()
     name = session.get_inputs()[0].name
     x1 = sample if sample is not None else np.random.default_rng(0).random((1, 3, image_size, image_size), dtype=np.float32)
     x1 = np.ascontiguousarray(x1[:1], dtype=np.float32)
-    xb = np.ascontiguousarray(np.repeat(x1, THROUGHPUT_BATCH, axis=0))
-    for _ in range(warmup):
-        session.run(None, {name: x1})
-    mem.sample()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        session.run(None, {name: x1})
-        times.append(time.perf_counter() - t)
-    for _ in range(2):
-        session.run(None, {name: xb})
-    iters = _throughput_iters(float(np.median(times)) * 1000.0)
-    t = time.perf_counter()
-    for _ in range(iters):
-        session.run(None, {name: xb})
-        mem.sample()
-    thr_s = time.perf_counter() - t
-    out: dict[str, Any] = {
-        "backend": "onnxruntime",
-        "provider": "CPUExecutionProvider",
-        **_summarise(times, iters * THROUGHPUT_BATCH, thr_s),
-    }
-    peak = mem.increase_mb()
-    if peak is not None:
-        out["peak_memory_mb"] = peak
-    out.update(
-        runs=runs, warmup=warmup, batch=1, throughput_batch=THROUGHPUT_BATCH, num_threads=int(num_threads),
-        image_size=int(image_size),
-    )
-    return out
+    xb = np.ascontiguousarray(np.repeat(x1, int(throughput_batch), axis=0))
+    timed = _time_calls(lambda: session.run(None, {name: x1}), lambda: session.run(None, {name: xb}),
+                        runs, warmup, mem)
+    return _latency_report({"backend": "onnxruntime", "provider": "CPUExecutionProvider"}, timed,
+                           int(throughput_batch), mem, runs=runs, warmup=warmup, num_threads=num_threads,
+                           image_size=image_size)
 
 
 def measure_torch_latency(
@@ -191,7 +199,6 @@ def measure_torch_latency(
 ) -> dict[str, Any]:
     """p50/p95 of single-image torch eager calls (CPU, inference mode) and batch-32 throughput."""
     _check_runs(runs)
-    THROUGHPUT_BATCH = int(throughput_batch)  # noqa: N806 - shadows the default below
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(int(num_threads))
     try:
@@ -199,36 +206,14 @@ def measure_torch_latency(
         x1 = sample[:1].float().cpu() if sample is not None else torch.rand(
             (1, 3, image_size, image_size), generator=torch.Generator().manual_seed(0)
         )
-        xb = x1.repeat(THROUGHPUT_BATCH, 1, 1, 1)
+        xb = x1.repeat(int(throughput_batch), 1, 1, 1)
         mem = _PeakRss()
-        times = []
         with torch.inference_mode():
-            for _ in range(warmup):
-                model(x1)
-            mem.sample()
-            for _ in range(runs):
-                t = time.perf_counter()
-                model(x1)
-                times.append(time.perf_counter() - t)
-            for _ in range(2):
-                model(xb)
-            iters = _throughput_iters(float(np.median(times)) * 1000.0)
-            t = time.perf_counter()
-            for _ in range(iters):
-                model(xb)
-                mem.sample()
-            thr_s = time.perf_counter() - t
+            timed = _time_calls(lambda: model(x1), lambda: model(xb), runs, warmup, mem)
     finally:
         torch.set_num_threads(prev_threads)
-    out: dict[str, Any] = {"backend": "torch", **_summarise(times, iters * THROUGHPUT_BATCH, thr_s)}
-    peak = mem.increase_mb()
-    if peak is not None:
-        out["peak_memory_mb"] = peak
-    out.update(
-        runs=runs, warmup=warmup, batch=1, throughput_batch=THROUGHPUT_BATCH, num_threads=int(num_threads),
-        image_size=int(image_size),
-    )
-    return out
+    return _latency_report({"backend": "torch"}, timed, int(throughput_batch), mem, runs=runs, warmup=warmup,
+                           num_threads=num_threads, image_size=image_size)
 
 
 # ---- ONNX -------------------------------------------------------------------------------------
