@@ -16,10 +16,9 @@ indices), and camera / scene / capture time to ``<images>/metadata.csv``.
 
 from __future__ import annotations
 
+import csv
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-
-import csv
 
 import numpy as np
 from PIL import Image
