@@ -28,9 +28,6 @@ evaluation set) first, then the earliest ``captured_at`` (nulls last), then the 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -42,7 +39,7 @@ import polars as pl
 from conveyor.ingest import annotation_digest, rows_digest
 from conveyor.neardup import near_pairs
 from conveyor.spec import Spec
-from conveyor.utils import atomic_write_json, write_parquet_atomic
+from conveyor.utils import publish_version
 
 REASONS: dict[str, str] = {
     "privacy_excluded_camera": "camera listed in curation.privacy.exclude_cameras",
@@ -254,21 +251,5 @@ def _curated_version(curated: pl.DataFrame, removed: pl.DataFrame, spec: Spec, p
 
 def _write_version(out_root: Path, version: str, curated: pl.DataFrame, removed: pl.DataFrame,
                    summary: dict[str, Any]) -> Path:
-    out_root.mkdir(parents=True, exist_ok=True)
-    final = out_root / version
-    if (final / "curate.json").is_file():
-        return final
-    tmp = Path(tempfile.mkdtemp(dir=out_root, prefix=f".tmp-{version}-"))
-    try:
-        write_parquet_atomic(curated, tmp / "curated.parquet")
-        write_parquet_atomic(removed, tmp / "removed.parquet")
-        atomic_write_json(tmp / "curate.json", summary)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / "curate.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return publish_version(out_root, version, {"curated.parquet": curated, "removed.parquet": removed},
+                           "curate.json", summary)

@@ -28,9 +28,7 @@ import json
 import math
 import os
 import re
-import shutil
 import stat
-import tempfile
 import warnings
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,7 +42,7 @@ from PIL import Image
 
 from conveyor import imageio, masks
 from conveyor.spec import Spec
-from conveyor.utils import atomic_write_json, sha256_bytes, write_parquet_atomic
+from conveyor.utils import publish_version, sha256_bytes
 
 REASONS: dict[str, str] = {
     "missing_file": "the file does not exist (or the manifest row has no path)",
@@ -801,27 +799,9 @@ def _dataset_version(manifest: pl.DataFrame, qdf: pl.DataFrame, root: str, spec:
 
 def _write_version(out_root: Path, version: str, manifest: pl.DataFrame, qdf: pl.DataFrame,
                    summary: dict[str, Any], extra_frames: dict[str, pl.DataFrame] | None = None) -> Path:
-    out_root.mkdir(parents=True, exist_ok=True)
-    final = out_root / version
-    if (final / "ingest.json").is_file():
-        return final  # the same content was ingested before: keep it
-    tmp = Path(tempfile.mkdtemp(dir=out_root, prefix=f".tmp-{version}-"))
-    try:
-        write_parquet_atomic(manifest, tmp / "manifest.parquet")
-        write_parquet_atomic(qdf, tmp / "quarantine.parquet")
-        for name, frame in (extra_frames or {}).items():  # e.g. box_quarantine.parquet
-            write_parquet_atomic(frame, tmp / name)
-        atomic_write_json(tmp / "ingest.json", summary)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / "ingest.json").is_file():
-                raise
-            # another run put the same version in place first
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    # extra_frames: e.g. box_quarantine.parquet of detection sources
+    frames = {"manifest.parquet": manifest, "quarantine.parquet": qdf, **(extra_frames or {})}
+    return publish_version(out_root, version, frames, "ingest.json", summary)
 
 
 # ---- fingerprint --------------------------------------------------------------------------------

@@ -71,6 +71,36 @@ def write_parquet_atomic(df, path: str | Path) -> Path:
     return path
 
 
+def publish_version(out_root: str | Path, version: str, frames: dict, summary_name: str, summary: Any) -> Path:
+    """Write a content-addressed version folder ``out_root/version`` atomically.
+
+    The Parquet ``frames`` (file name -> polars DataFrame) and the JSON summary are written into a
+    temporary folder, which is renamed into place. A version that exists already (its summary
+    file is there) is kept as it is: the same content was written before, maybe concurrently.
+    """
+    import shutil
+
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    final = out_root / version
+    if (final / summary_name).is_file():
+        return final
+    tmp = Path(tempfile.mkdtemp(dir=out_root, prefix=f".tmp-{version}-"))
+    try:
+        for name, frame in frames.items():
+            write_parquet_atomic(frame, tmp / name)
+        atomic_write_json(tmp / summary_name, summary)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / summary_name).is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def code_commit() -> str:
     """The git commit of the conveyor source tree, with '+dirty' when it has local changes."""
     root = Path(__file__).resolve().parent.parent
