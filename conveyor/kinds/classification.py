@@ -316,6 +316,15 @@ def training_loss(
 
 
 @torch.no_grad()
+def batched_outputs(model: nn.Module, images: torch.Tensor, *, norm: tuple[Sequence[float], Sequence[float]],
+                    device: torch.device | str, batch_size: int) -> list[torch.Tensor]:
+    """The model's outputs (eval mode, float32, on the CPU) over uint8 ``images``, chunk by chunk."""
+    model.eval()
+    return [model(normalize(images[start : start + batch_size].to(device), norm)).float().cpu()
+            for start in range(0, int(images.shape[0]), batch_size)]
+
+
+@torch.no_grad()
 def predict(
     model: nn.Module,
     image_set: ImageSet,
@@ -325,11 +334,7 @@ def predict(
     batch_size: int = 256,
 ) -> torch.Tensor:
     """Logits (N, C), float32 on the CPU. Puts the model in eval mode."""
-    model.eval()
-    chunks = []
-    for start in range(0, len(image_set), batch_size):
-        x = normalize(image_set.images[start : start + batch_size].to(device), norm)
-        chunks.append(model(x).float().cpu())
+    chunks = batched_outputs(model, image_set.images, norm=norm, device=device, batch_size=batch_size)
     if not chunks:
         return torch.zeros((0, len(image_set.classes)), dtype=torch.float32)
     return torch.cat(chunks)

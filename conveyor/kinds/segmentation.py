@@ -31,6 +31,7 @@ from conveyor.kinds.classification import (  # noqa: F401 - shared parts of the 
     DeployModel,
     ImageSet,
     TaskMetrics,
+    batched_outputs,
     collate,
     decode_image,
     deploy_module,
@@ -295,11 +296,7 @@ def predict(
     batch_size: int = 32,
 ) -> torch.Tensor:
     """Logits (N, C, S, S), float32 on the CPU. Puts the model in eval mode."""
-    model.eval()
-    chunks = []
-    for start in range(0, len(mask_set), batch_size):
-        x = normalize(mask_set.images[start : start + batch_size].to(device), norm)
-        chunks.append(model(x).float().cpu())
+    chunks = batched_outputs(model, mask_set.images, norm=norm, device=device, batch_size=batch_size)
     if not chunks:
         s = mask_set.images.shape[-1] if mask_set.images.ndim == 4 else 0
         return torch.zeros((0, len(mask_set.classes), s, s), dtype=torch.float32)
