@@ -1,4 +1,4 @@
-"""The ``conveyor`` command: validate a spec, run a cycle, inspect the registry, roll back, demo."""
+"""The ``conveyor`` command: validate a spec, run a cycle, inspect the registry, roll back, demo, webhook."""
 
 from __future__ import annotations
 
@@ -40,7 +40,11 @@ def _fmt(v: Any, nd: int = 4) -> str:
 
 
 def print_summary(s: dict) -> None:
-    print(f"\nrun {s['run_id']} ({s['spec']}, trigger {s['trigger']})")
+    why = f": {s['reason']}" if s.get("reason") else ""
+    print(f"\nrun {s['run_id']} ({s['spec']}, trigger {s['trigger']}{why})")
+    if s.get("skipped_because"):
+        print(f"  SKIPPED: {s['skipped_because']}")
+        return
     d = s["dataset"]
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(d["quarantine_reasons"].items())) or "none"
     removed = ", ".join(f"{k} {v}" for k, v in sorted(d["removed_reasons"].items())) or "none"
@@ -76,21 +80,83 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def run_cycle(spec_path: str, workspace: str | None, trigger: str = "manual") -> dict:
+def run_cycle(spec_path: str, workspace: str | None, trigger: str = "manual", reason: str | None = None) -> dict:
     spec = _load(spec_path)
     ws = spec.workspace_path(workspace)
     _prepare_env(ws)
     from flows.cycle import continuous_training
 
-    return continuous_training(spec_path=str(Path(spec_path).resolve()), workspace=str(ws), trigger=trigger)
+    return continuous_training(spec_path=str(Path(spec_path).resolve()), workspace=str(ws), trigger=trigger,
+                               reason=reason)
 
 
 def cmd_run(args) -> int:
-    summary = run_cycle(args.spec, args.workspace, args.trigger)
+    summary = run_cycle(args.spec, args.workspace, args.trigger, args.reason)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
         print_summary(summary)
+    return 0
+
+
+def print_monitor(rep: dict) -> None:
+    print(f"\nmonitor {rep['pipeline']} at {rep['at']} (champion v{rep['champion_version']})")
+    for name, t in rep["triggers"].items():
+        mark = "FIRED" if t["fired"] else t["status"]
+        print(f"  {name:12} {mark:16} {t['reason']}")
+    d = rep.get("drift") or {}
+    for cam, feats in sorted((d.get("cameras") or {}).items()):
+        hit = [f for f in feats if f["status"] == "drift"]
+        if hit:
+            print(f"    camera {cam}: " + "; ".join(f["reason"] for f in hit))
+    if rep["fired"]:
+        if rep["start_cycle"]:
+            started = rep.get("started") or {}
+            how = {"inline": f"ran cycle {started.get('run_id')}: {started.get('decision')}",
+                   "deployment": f"started flow run {started.get('flow_run_id')}",
+                   "event": "the cycle deployment's event trigger starts the run"}.get(started.get("mode"),
+                                                                                      "not started (no --trigger)")
+            print(f"  => a cycle should start (trigger {rep['trigger']}): {how}")
+        else:
+            print(f"  => no cycle starts: {rep['suppressed_by']}")
+    else:
+        print("  => nothing fired")
+
+
+def cmd_monitor(args) -> int:
+    spec = _load(args.spec)
+    ws = spec.workspace_path(args.workspace)
+    _prepare_env(ws)
+    from flows.monitor import monitor_pipeline
+
+    rep = monitor_pipeline(spec_path=str(Path(args.spec).resolve()), workspace=str(ws),
+                           start="inline" if args.trigger else "none", now=args.now)
+    if args.json:
+        print(json.dumps(rep, indent=2, default=str))
+    else:
+        print_monitor(rep)
+    return 0
+
+
+def cmd_observe(args) -> int:
+    from datetime import datetime
+
+    from conveyor import monitor
+    from conveyor.workspace import Workspace
+
+    spec = _load(args.spec)
+    ws = Workspace(spec.workspace_path(args.workspace))
+    at = datetime.fromisoformat(args.at) if args.at else None
+    res = monitor.observe_predictions(spec, ws, args.predictions, at=at)
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=2, default=str))
+        return 0
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(res.quarantine_reasons.items())) or "none"
+    print(f"{res.source}: received {res.received}, accepted {res.accepted}, quarantined {res.quarantined} ({reasons})")
+    if res.quarantine_path:
+        print(f"  quarantined rows with their reasons: {res.quarantine_path}")
+    for b in res.batches:
+        print(f"  profiled batch {b['batch_id']} at {b['at']}: {b['rows']} predictions, cameras {sorted(b['cameras'])}")
     return 0
 
 
@@ -161,6 +227,39 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_deployments(args) -> int:
+    from conveyor.deployments import render_prefect_yaml, write_atomic
+
+    root = Path(args.write).resolve().parent if args.write else Path.cwd()
+    text = render_prefect_yaml(args.spec, root, work_pool=args.work_pool)
+    if not args.write:
+        sys.stdout.write(text)
+        return 0
+    write_atomic(args.write, text)
+    print(f"wrote {args.write}; deploy with: prefect deploy --all"
+          + ("" if Path(args.write).name == "prefect.yaml" else f" --prefect-file {args.write}"), file=sys.stderr)
+    return 0
+
+
+def cmd_webhook(args) -> int:
+    from conveyor.webhook import WebhookConfig, serve
+
+    specs = [_load(p) for p in args.spec]
+    config = WebhookConfig.from_env(mode=args.mode, rate_per_minute=args.rate_per_minute, burst=args.burst)
+    _prepare_env(specs[0].workspace_path(args.workspace))
+    serve(specs, host=args.host, port=args.port, config=config)
+    return 0
+
+
+def cmd_webhook_send(args) -> int:
+    from conveyor.webhook import send
+
+    res = send(args.url, reason=args.reason, timeout=args.timeout)
+    print(f"HTTP {res.status_code}")
+    print(res.text)
+    return 0 if res.is_success else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="conveyor", description="Continuous training for computer-vision models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -178,8 +277,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("spec")
     r.add_argument("--json", action="store_true", help="print a machine-readable summary")
     r.add_argument("--trigger", default="manual", help="what started this run (recorded in the lineage)")
+    r.add_argument("--reason", help="why this run was started, in words (recorded with the run)")
     ws(r)
     r.set_defaults(func=cmd_run)
+
+    mo = sub.add_parser("monitor", help="evaluate every trigger now and say why each did or did not fire")
+    mo.add_argument("spec")
+    mo.add_argument("--json", action="store_true", help="print the full report")
+    mo.add_argument("--trigger", action="store_true", help="start a cycle here when a trigger fired (and no "
+                                                           "cycle runs and the cool-down allows)")
+    mo.add_argument("--now", help=argparse.SUPPRESS)  # evaluate as of another time (ISO 8601), for replays
+    ws(mo)
+    mo.set_defaults(func=cmd_monitor)
+
+    ob = sub.add_parser("observe", help="add a table of production predictions to the prediction log and profiles")
+    ob.add_argument("spec")
+    ob.add_argument("--predictions", required=True, metavar="TABLE",
+                    help="CSV/Parquet/JSONL: confidence, predicted, [timestamp, prediction_id, camera, ...]")
+    ob.add_argument("--at", help="when the rows without a timestamp were made (ISO 8601; default: now)")
+    ob.add_argument("--json", action="store_true")
+    ws(ob)
+    ob.set_defaults(func=cmd_observe)
 
     reg = sub.add_parser("registry", help="inspect the model registry")
     regsub = reg.add_subparsers(dest="registry_command", required=True)
@@ -203,6 +321,33 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     ws(d)
     d.set_defaults(func=cmd_demo)
+
+    wh = sub.add_parser("webhook", help="serve a signed HTTP webhook that starts pipeline runs "
+                                        "(secret from CONVEYOR_WEBHOOK_SECRET)")
+    wh.add_argument("spec", nargs="+", help="specs of the pipelines to serve (each with triggers.webhook: true)")
+    wh.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    wh.add_argument("--port", type=int, default=8787, help="port (default: 8787)")
+    wh.add_argument("--mode", choices=["deployment", "event"], default="deployment",
+                    help="start the conveyor-cycle/<name> deployment, or emit a Prefect event (default: deployment)")
+    wh.add_argument("--rate-per-minute", type=float, default=6, help="accepted requests per pipeline per minute")
+    wh.add_argument("--burst", type=int, default=3, help="requests a pipeline accepts at once before the rate applies")
+    ws(wh)
+    wh.set_defaults(func=cmd_webhook)
+
+    whs = sub.add_parser("webhook-send", help="send a signed request to a conveyor webhook (secret from "
+                                              "CONVEYOR_WEBHOOK_SECRET)")
+    whs.add_argument("url", help="e.g. http://127.0.0.1:8787/hooks/digits-classifier")
+    whs.add_argument("--reason", help="why the run is wanted (recorded with the run)")
+    whs.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
+    whs.set_defaults(func=cmd_webhook_send)
+
+    dp = sub.add_parser("deployments", help="generate the prefect.yaml deployments of one or more specs "
+                                             "(schedules, event triggers, monitors)")
+    dp.add_argument("spec", nargs="+")
+    dp.add_argument("--work-pool", default="conveyor", metavar="NAME", help="work pool to deploy to (default: conveyor)")
+    dp.add_argument("--write", metavar="PATH", help="write the YAML to PATH (atomically) instead of printing it; "
+                                                    "spec paths are written relative to PATH's folder")
+    dp.set_defaults(func=cmd_deployments)
     return p
 
 

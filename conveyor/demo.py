@@ -69,8 +69,9 @@ def _camera_style(camera: str) -> dict:
     }
 
 
-def render_digit(digit: np.ndarray, camera: str, rng: np.random.Generator) -> Image.Image:
-    """One 8x8 digit (values 0..16) as a 32x32 RGB image in the camera's style."""
+def render_digit(digit: np.ndarray, camera: str, rng: np.random.Generator, lighting: float = 0.0) -> Image.Image:
+    """One 8x8 digit (values 0..16) as a 32x32 RGB image in the camera's style; ``lighting``
+    adds ambient light (0.1 = a tenth of full scale on every pixel), as when a lamp changes."""
     style = _camera_style(camera)
     base = Image.fromarray((digit / 16.0 * 255).astype(np.uint8)).resize((SIZE - 4, SIZE - 4), Image.BILINEAR)
     canvas = np.zeros((SIZE, SIZE), dtype=np.float32)
@@ -78,7 +79,7 @@ def render_digit(digit: np.ndarray, camera: str, rng: np.random.Generator) -> Im
     canvas[dy : dy + SIZE - 4, dx : dx + SIZE - 4] = np.asarray(base, dtype=np.float32) / 255.0
     ink = canvas[..., None] * style["gain"] * style["tint"][None, None, :]
     img = style["background"][None, None, :] + ink * (1 - style["background"][None, None, :])
-    img = img + rng.normal(0, style["noise"], size=img.shape)
+    img = img + rng.normal(0, style["noise"], size=img.shape) + lighting
     return Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8), mode="RGB")
 
 
@@ -158,3 +159,33 @@ def _bad_and_copied(root: Path, previous: list[dict], rng: np.random.Generator) 
     rows.append(row("unknown-label.png", "not-a-digit"))
     rows.append({"path": "../outside.png", "label": "3", "camera": "cam-09", "scene": "aisle-5", "captured_at": ts})
     return rows
+
+
+def write_production_sample(root: str | Path, n: int, *, seed: int, cameras: list[str] | None = None,
+                            lighting: float | dict[str, float] = 0.0, start: datetime | None = None) -> Path:
+    """What the cameras of batch 1 send later: ``n`` digits drawn at random, labelled, with a
+    manifest under ``root``. ``lighting`` shifts the ambient light of every camera (a number) or
+    of some cameras (``{camera: shift}``), to inject drift. Returns the manifest."""
+    from sklearn.datasets import load_digits
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    digits = load_digits()
+    rng = np.random.default_rng(10_000 + seed)
+    cameras = cameras or CAMERAS_1
+    start = start or START_2
+    rows = []
+    for k in range(n):
+        idx = int(rng.integers(0, len(digits.images)))
+        camera = cameras[k % len(cameras)]
+        shift = lighting.get(camera, 0.0) if isinstance(lighting, dict) else float(lighting)
+        ts = start + timedelta(seconds=int(rng.integers(0, 86400)))
+        rel = f"images/{camera}/sample-{seed}-{k:05d}.png"
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        render_digit(digits.images[idx], camera, rng, lighting=shift).save(dest, optimize=False)
+        rows.append({"path": rel, "label": str(int(digits.target[idx])), "camera": camera, "scene": "production",
+                     "captured_at": ts.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    manifest = root / "manifest.csv"
+    pl.DataFrame(rows).write_csv(manifest)
+    return manifest

@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import polars as pl
 import torch
 
 from conveyor import kinds
 from conveyor.train import load_checkpoint
-from conveyor.utils import atomic_write_json
+from conveyor.utils import atomic_write_json, write_parquet_atomic
 
 ONNX_NAME = "model.onnx"
 METRICS_NAME = "metrics.json"
+PREDICTIONS_NAME = "predictions.parquet"
 ONNX_OPSET = 17
 MIN_LATENCY_RUNS = 200
 WARMUP_RUNS = 20
@@ -50,6 +52,7 @@ class EvalResult:
     split: str
     n_images: int
     latency: dict = field(default_factory=dict)
+    predictions_path: str | None = None  # per-image prediction features (the monitoring baseline)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -307,6 +310,8 @@ def evaluate(
             raise ValueError(f"split table {split_path} has no rows with split == {split!r}")
         outputs = adapter.predict(model, data, norm=(meta["mean"], meta["std"]), device="cpu")
         scored = adapter.evaluate_outputs(outputs, data, classes)
+        predictions_path = write_parquet_atomic(pl.DataFrame(adapter.prediction_records(outputs, data, classes)),
+                                                out_dir / PREDICTIONS_NAME)
         deploy = adapter.deploy_module(model, meta)
         params_m = sum(p.numel() for p in model.parameters()) / 1e6
 
@@ -368,6 +373,7 @@ def evaluate(
             split=split,
             n_images=len(data),
             latency=latency,
+            predictions_path=str(predictions_path),
         )
         atomic_write_json(metrics_path, result.to_dict())
         return result

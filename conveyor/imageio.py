@@ -12,6 +12,10 @@ Definitions (all computed on the RGB image after EXIF transpose and mode normali
 * ``contrast``: standard deviation of the grey image, scaled to 0..1.
 * ``saturation``: mean of the HSV saturation ``(max - min) / max`` over the RGB channels
   (0 where ``max == 0``), 0..1.
+* ``hue``: the dominant hue, as a fraction of the colour wheel 0..1 (0 red, 1/3 green, 2/3 blue):
+  the angle of the sum over pixels of each pixel's opponent-colour vector
+  ``(r - (g + b) / 2, sqrt(3) / 2 * (g - b))``, i.e. the chroma-weighted circular mean of the HSV
+  hue; 0 for grey images (whose vectors sum to nothing).
 * ``sharpness``: variance of the 4-neighbour Laplacian ``[[0,1,0],[1,-4,1],[0,1,0]]`` of the
   grey image scaled to 0..1, over the interior pixels (no padding); 0 for images under 3 px.
 * Images whose longer side exceeds ``STATS_MAX_SIDE`` (256 px) are first reduced by an integer
@@ -83,6 +87,7 @@ class ImageFeatures:
     saturation: float
     sharpness: float
     phash: str
+    hue: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -432,6 +437,7 @@ def features_from_prepared(items: Sequence[_Prepared], hash_fn: str = "phash", h
     bright = np.zeros(n)
     contrast = np.zeros(n)
     sat = np.zeros(n)
+    hue = np.zeros(n)
     sharp = np.zeros(n)
     hashes: list[str | None] = [it.hash_hex for it in items]
     groups: dict[tuple[int, int], list[int]] = {}
@@ -459,6 +465,11 @@ def features_from_prepared(items: Sequence[_Prepared], hash_fn: str = "phash", h
             bright[block] = m1 / 255.0
             contrast[block] = np.sqrt(np.maximum(m2 - m1 * m1, 0.0)) / 255.0
             r, g, b = rgbf[..., 0], rgbf[..., 1], rgbf[..., 2]
+            sums = rgbf.sum(axis=1, dtype=np.float64)  # (k, 3) channel sums
+            hx = sums[:, 0] - 0.5 * (sums[:, 1] + sums[:, 2])
+            hy = (math.sqrt(3.0) / 2.0) * (sums[:, 1] - sums[:, 2])
+            grey_img = np.hypot(hx, hy) < 1e-6 * npx
+            hue[block] = np.where(grey_img, 0.0, np.mod(np.arctan2(hy, hx) / (2.0 * math.pi), 1.0))
             mx = np.maximum(r, g)
             np.maximum(mx, b, out=mx)
             mn = np.minimum(r, g)
@@ -486,7 +497,8 @@ def features_from_prepared(items: Sequence[_Prepared], hash_fn: str = "phash", h
         for i, hx in zip(grid_rows, _bits_to_hex(_hash_bits(grids, hash_fn, hash_size))):
             hashes[i] = hx
     return [
-        ImageFeatures(float(bright[i]), float(contrast[i]), float(sat[i]), float(sharp[i]), hashes[i] or "")
+        ImageFeatures(float(bright[i]), float(contrast[i]), float(sat[i]), float(sharp[i]), hashes[i] or "",
+                      float(hue[i]))
         for i in range(n)
     ]
 

@@ -85,6 +85,7 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
     "contrast": pl.Float64(),
     "saturation": pl.Float64(),
     "sharpness": pl.Float64(),
+    "hue": pl.Float64(),
 }
 """Columns of ``manifest.parquet``, in order."""
 
@@ -720,6 +721,7 @@ def _manifest_frame(accepted: list[tuple], features: list[imageio.ImageFeatures]
         "contrast": [f.contrast for f in features],
         "saturation": [f.saturation for f in features],
         "sharpness": [f.sharpness for f in features],
+        "hue": [f.hue for f in features],
     }
     schema = dict(MANIFEST_SCHEMA)
     schema["captured_at"] = pl.Datetime("us")
@@ -832,3 +834,9 @@ def source_fingerprint(spec: Spec) -> str:
     for key, value in sorted(entries):
         h.update(f"{key}\0{value}\n".encode())
     return h.hexdigest()
+
+
+# Public names for the table helpers other stages reuse (feedback and prediction logs).
+read_table = _read_table
+column_values = _column
+text_or_none = _text

@@ -203,13 +203,18 @@ class Registry:
             tmp = Path(tempfile.mkdtemp(dir=model_root, prefix=f".v{version:04d}."))
             try:
                 for dest, src in files.items():
-                    shutil.copy2(src, tmp / dest)
+                    target = tmp / dest
+                    if not target.resolve().is_relative_to(tmp.resolve()):
+                        raise RegistryError(f"cannot register {name}: artifact name {dest!r} leaves the version folder")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, target)
                 record = {"name": name, "version": version, "model_hash": model_hash, "metrics": metrics,
                           "lineage": lineage, "gate": gate, "run_id": run_id}
                 (tmp / "version.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-                for f in tmp.iterdir():
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
+                for f in tmp.rglob("*"):
+                    if f.is_file():
+                        with open(f, "rb") as fh:
+                            os.fsync(fh.fileno())
                 os.replace(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -227,6 +227,22 @@ class DeploySpec(_Base):
         return v
 
 
+# Features the monitor profiles. Image-stream features come from incoming images (ingest and
+# `conveyor observe --images`); prediction-stream features from the production prediction log.
+IMAGE_FEATURES: dict[str, str] = {
+    "brightness": "numeric", "contrast": "numeric", "saturation": "numeric", "hue": "numeric",
+    "sharpness": "numeric", "width": "numeric", "height": "numeric",
+    "objects": "numeric", "object_size": "numeric",  # detection: boxes per image, relative box side
+    "label": "categorical", "camera": "categorical",
+}
+PREDICTION_FEATURES: dict[str, str] = {
+    "confidence": "numeric", "predicted": "categorical",
+    "predicted_objects": "numeric", "predicted_object_size": "numeric",  # detection
+    "predicted_foreground": "numeric",  # segmentation: share of pixels not predicted as background
+}
+DRIFT_FEATURES: dict[str, str] = {**IMAGE_FEATURES, **PREDICTION_FEATURES}
+
+
 class ScheduleTrigger(_Base):
     cron: str
     timezone: str = "UTC"
@@ -237,19 +253,58 @@ class ScheduleTrigger(_Base):
         fields = v.split()
         if len(fields) != 5:
             raise ValueError(f"triggers.schedule.cron {v!r} must have 5 fields (minute hour day month weekday)")
+        from datetime import datetime, timezone
+
+        from cronsim import CronSim, CronSimError
+
+        try:
+            CronSim(v, datetime.now(timezone.utc))
+        except CronSimError as err:
+            raise ValueError(f"triggers.schedule.cron {v!r} is not a valid cron expression: {err}") from None
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"triggers.schedule.timezone {v!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
         return v
 
 
-class DriftTrigger(_Base):
-    features: list[str] = Field(default_factory=lambda: ["brightness", "contrast"])
-    window: str = "7d"
-    pvalue: float = Field(default=0.05, gt=0, lt=1)
-    min_relative_change: float = Field(default=0.15, ge=0, description="Practical margin, e.g. 0.15 = 15% shift of the mean.")
+def _duration(v: str) -> str:
+    parse_duration_s(v)
+    return v
 
-    @field_validator("window")
+
+class DriftTrigger(_Base):
+    features: list[str] = Field(default_factory=lambda: ["brightness", "contrast"], min_length=1)
+    window: str = Field(default="7d", description="Rolling window of incoming batches compared with the baseline.")
+    test: Literal["ks", "hellinger"] = Field(
+        default="ks", description="Statistical test on numeric features (categorical ones use chi-square).")
+    pvalue: float = Field(default=0.05, gt=0, lt=1, description="ks / chi-square: drift when the p-value is below this.")
+    hellinger: float = Field(default=0.15, gt=0, le=1, description="hellinger: drift when the distance is above this.")
+    min_relative_change: float = Field(
+        default=0.15, ge=0,
+        description="Practical margin: numeric features must also shift their mean by more than this fraction "
+                    "(0.15 = 15%); categorical ones must move this much probability mass (total variation).")
+    min_samples: int = Field(default=30, ge=1, description="Fewer rows than this in the window is reported as "
+                                                           "not enough data, never as no drift.")
+    per_camera: bool = Field(default=True, description="Also test each camera's window on its own.")
+
+    _w = field_validator("window")(classmethod(lambda cls, v: _duration(v)))
+
+    @field_validator("features")
     @classmethod
-    def _w(cls, v: str) -> str:
-        parse_duration_s(v)
+    def _features(cls, v: list[str]) -> list[str]:
+        unknown = [f for f in v if f not in DRIFT_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown drift feature(s) {unknown}; known: {sorted(DRIFT_FEATURES)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"drift features repeat: {v}")
         return v
 
 
@@ -258,19 +313,26 @@ class PerformanceTrigger(_Base):
     below: float = Field(gt=0, le=1)
     window: str = "7d"
     min_samples: int = Field(default=50, ge=1)
+    feedback: str = Field(
+        default="feedback.csv",
+        description="Ground truth arriving for a sample of predictions: a CSV/Parquet/JSONL table the user appends "
+                    "to, with columns timestamp, label and predicted (or prediction_id, joined with the prediction "
+                    "log), optionally camera. Relative to the spec's folder.")
 
-    @field_validator("window")
-    @classmethod
-    def _w(cls, v: str) -> str:
-        parse_duration_s(v)
-        return v
+    _w = field_validator("window")(classmethod(lambda cls, v: _duration(v)))
 
 
 class TriggersSpec(_Base):
     schedule: ScheduleTrigger | None = None
     drift: DriftTrigger | None = None
     performance: PerformanceTrigger | None = None
-    webhook: bool = False
+    webhook: bool = Field(default=False, description="Accept signed webhook calls (`conveyor webhook`).")
+    cooldown: str = Field(
+        default="6h", description="A fired trigger starts no cycle while one runs or within this long of the last "
+                                  "start. Manual runs are exempt from the cool-down.")
+    monitor_every: str = Field(default="1h", description="How often the monitor deployment evaluates the triggers.")
+
+    _d = field_validator("cooldown", "monitor_every")(classmethod(lambda cls, v: _duration(v)))
 
 
 class Spec(_Base):

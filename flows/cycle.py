@@ -8,28 +8,74 @@ import uuid
 from prefect import flow
 from prefect.runtime import flow_run
 
+from conveyor import events, monitor
+from conveyor.cycles import CycleGuard, CycleRunning, is_manual
 from conveyor.gate import DECISION_WORDS
 from conveyor.spec import load_spec
 from conveyor.utils import code_commit, package_versions, sha256_file, stable_hash
 from conveyor.workspace import Workspace
 from tasks.data import contracts_task, curate_task, fingerprint_task, frozen_eval_task, ingest_task, split_task
 from tasks.model import evaluate_task, train_task
+from tasks.monitor import admission_task, baseline_task, emit_events_task, observe_ingest_task
 from tasks.release import champion_task, gate_task, promote_task, publish_task, register_task
 from tasks.run import close_run_task, open_run_task
 
 
 @flow(name="conveyor-cycle", log_prints=True)
-def continuous_training(spec_path: str, workspace: str | None = None, trigger: str = "manual") -> dict:
-    """Run one cycle of the pipeline that ``spec_path`` describes; returns the run summary."""
+def continuous_training(spec_path: str, workspace: str | None = None, trigger: str = "manual",
+                        reason: str | None = None) -> dict:
+    """Run one cycle of the pipeline that ``spec_path`` describes; returns the run summary.
+
+    ``trigger`` says what started the run (manual, schedule, drift, performance, webhook, ...) and
+    ``reason`` why, in words; both are recorded in the run folder, the lineage and the summary."""
     spec = load_spec(spec_path)
     ws = Workspace(spec.workspace_path(workspace))
     wsp = str(ws.root)
     run_id = str(flow_run.get_id() or uuid.uuid4())
-    run_dir = open_run_task(spec, wsp, run_id, trigger)
+    run_dir = open_run_task(spec, wsp, run_id, trigger, reason)
+    log_path = str(monitor.events_log(ws, spec.name))
 
+    admission = admission_task(spec, wsp, trigger)
+    if admission.blocked and not is_manual(trigger):
+        return _skipped(spec, run_id, trigger, reason, wsp, run_dir, admission.reason, log_path)
+    try:
+        with CycleGuard(ws.state(spec.name)).hold(run_id, trigger, reason):
+            summary = _cycle(spec, ws, run_id, run_dir, trigger, reason)
+    except CycleRunning as err:
+        if is_manual(trigger):
+            raise  # a person asked for this run: say why it cannot start
+        return _skipped(spec, run_id, trigger, reason, wsp, run_dir, str(err), log_path)
+    emit_events_task(_cycle_events(spec.name, summary), log_path)
+    return summary
+
+
+def _skipped(spec, run_id: str, trigger: str, reason: str | None, wsp: str, run_dir: str, why: str,
+             log_path: str) -> dict:
+    """A cycle a trigger started while another runs or within the cool-down: record and stop."""
+    summary = {"run_id": run_id, "spec": spec.name, "task": spec.task, "trigger": trigger, "reason": reason,
+               "workspace": wsp, "run_dir": run_dir, "decision": "skipped", "skipped_because": why}
+    emit_events_task([events.make_event("conveyor.cycle.skipped", spec.name,
+                                        {"run_id": run_id, "trigger": trigger, "reason": why})], log_path)
+    close_run_task(run_dir, summary)
+    return summary
+
+
+def _cycle_events(name: str, s: dict) -> list[dict]:
+    payload = {"run_id": s["run_id"], "trigger": s["trigger"], "decision": s["decision"],
+               "reason": s["gate_summary"], "model_version": s["model_version"],
+               "champion_version": s["champion_version"], "metrics": s["metrics"]}
+    out = [events.make_event("conveyor.cycle.completed", name, payload)]
+    if s["decision"] in ("promoted", "rejected"):
+        out.append(events.make_event(f"conveyor.model.{s['decision']}", name, payload))
+    return out
+
+
+def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason: str | None) -> dict:
+    wsp = str(ws.root)
     source_key = fingerprint_task(spec)
     ing = ingest_task(spec, source_key, spec.section_hash("data", "curation"), wsp)
     classes = ing.classes
+    observe_ingest_task(spec, wsp, ing.manifest_path, ing.dataset_version)
     prefer = frozen_eval_task(spec, wsp, ing.dataset_version)
     cur = curate_task(spec, ing.manifest_path, ing.dataset_version, spec.section_hash("curation"), prefer,
                       stable_hash(sorted(prefer)), wsp)
@@ -49,6 +95,7 @@ def continuous_training(spec_path: str, workspace: str | None = None, trigger: s
         "code_commit": code_commit(),
         "packages": package_versions(),
         "trigger": trigger,
+        "reason": reason,
         "run_id": run_id,
     }
     trained = train_task(spec, spl.split_path, spl.split_version, ing.dataset_version,
@@ -68,6 +115,8 @@ def continuous_training(spec_path: str, workspace: str | None = None, trigger: s
     decision = gate_task(spec, challenger.metrics, champ_metrics, champ.version if champ else None, same)
 
     files = {"checkpoint.pt": trained.checkpoint_path, "metrics.json": challenger.metrics_path}
+    files.update(baseline_task(spec, spl.split_path, spl.split_version, challenger.predictions_path,
+                               trained.checkpoint_hash, wsp))
     if challenger.onnx_path:
         files["model.onnx"] = challenger.onnx_path
     version = register_task(spec.name, registry_root, files, trained.checkpoint_hash, challenger.metrics,
@@ -79,6 +128,7 @@ def continuous_training(spec_path: str, workspace: str | None = None, trigger: s
         "spec": spec.name,
         "task": spec.task,
         "trigger": trigger,
+        "reason": reason,
         "workspace": wsp,
         "run_dir": run_dir,
         "dataset_version": ing.dataset_version,

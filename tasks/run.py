@@ -13,14 +13,15 @@ from conveyor.workspace import Workspace
 
 
 @task(name="open-run")
-def open_run_task(spec: Spec, workspace: str, run_id: str, trigger: str) -> str:
+def open_run_task(spec: Spec, workspace: str, run_id: str, trigger: str, reason: str | None = None) -> str:
     """Make the run folder and write the resolved spec into it (as timm writes args.yaml)."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_dir = Workspace(workspace).runs / f"{stamp}-{run_id[:8]}"
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "spec.yaml", spec.resolved_yaml())
     atomic_write_json(run_dir / "run.json", {"run_id": run_id, "spec": spec.name, "spec_hash": spec.spec_hash,
-                                             "trigger": trigger, "started_at": stamp})
+                                             "trigger": trigger, "reason": reason,
+                                             "started_at": stamp})
     return str(run_dir)
 
 

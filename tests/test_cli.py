@@ -102,9 +102,15 @@ def test_prefect_yaml_deploys_the_cycle_with_the_spec_schedule():
     from conveyor.spec import load_spec
 
     conf = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    (dep,) = conf["deployments"]
-    module, func = dep["entrypoint"].split(":")
-    flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)
-    assert set(dep["parameters"]) <= set(inspect.signature(flow.fn).parameters)
-    spec = load_spec(ROOT / dep["parameters"]["spec_path"])
-    assert dep["schedules"][0]["cron"] == spec.triggers.schedule.cron
+    cycles = [d for d in conf["deployments"] if d["entrypoint"] == "flows/cycle.py:continuous_training"]
+    assert {d["name"] for d in cycles} == {"digits-classifier", "shelf-detector", "surface-defects"}
+    for dep in cycles:
+        module, func = dep["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)
+        assert set(dep["parameters"]) <= set(inspect.signature(flow.fn).parameters)
+        spec = load_spec(ROOT / dep["parameters"]["spec_path"])
+        assert dep["name"] == spec.name
+        if spec.triggers.schedule is None:
+            assert dep["schedules"] == []
+        else:
+            assert dep["schedules"][0]["cron"] == spec.triggers.schedule.cron

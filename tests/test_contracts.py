@@ -25,6 +25,7 @@ MANIFEST_SCHEMA = {
     "scene": pl.String, "captured_at": pl.Datetime("us", "UTC"), "content_hash": pl.String, "phash": pl.String,
     "width": pl.Int64, "height": pl.Int64, "mode": pl.String, "format": pl.String, "file_size": pl.Int64,
     "brightness": pl.Float64, "contrast": pl.Float64, "saturation": pl.Float64, "sharpness": pl.Float64,
+    "hue": pl.Float64,
 }
 
 
@@ -49,7 +50,7 @@ def make_manifest(seed: int = 0) -> pl.DataFrame:
                     "scene": None, "captured_at": t0 + timedelta(hours=n),
                     "content_hash": f"{rng.getrandbits(256):064x}", "phash": f"{rng.getrandbits(64):016x}",
                     "width": 32, "height": 32, "mode": "RGB", "format": "PNG", "file_size": 1000 + n,
-                    "brightness": 0.5, "contrast": 0.2, "saturation": 0.3, "sharpness": 10.0,
+                    "brightness": 0.5, "contrast": 0.2, "saturation": 0.3, "sharpness": 10.0, "hue": 0.1,
                 })
                 n += 1
     return pl.DataFrame(rows, schema=MANIFEST_SCHEMA)

@@ -260,6 +260,24 @@ def test_features_match_imagehash_and_plain_numpy():
         assert f.saturation == pytest.approx(hsv_s, abs=0.01)
 
 
+def test_hue_is_the_dominant_colour_on_the_wheel():
+    def solid(*rgb, size=(12, 10)):
+        return Image.new("RGB", size, rgb)
+
+    half = np.zeros((10, 12, 3), dtype=np.uint8)
+    half[:, :6] = (255, 0, 0)
+    half[:, 6:] = (0, 255, 0)
+    images = [solid(255, 0, 0), solid(0, 255, 0), solid(0, 0, 255), solid(128, 128, 128), solid(255, 255, 0),
+              solid(200, 40, 40), Image.fromarray(half)]
+    hues = [f.hue for f in imageio.image_features(images)]
+    assert hues[:4] == pytest.approx([0.0, 1 / 3, 2 / 3, 0.0], abs=1e-9)
+    assert hues[4] == pytest.approx(1 / 6, abs=1e-9)  # yellow
+    assert hues[5] == pytest.approx(0.0, abs=1e-9)  # a dull red is still red
+    assert hues[6] == pytest.approx(1 / 6, abs=1e-9)  # half red, half green: their mean direction
+    # a magenta-ish image lies just below 1 on the wheel, not at a negative angle
+    assert 0.8 < imageio.image_features([solid(255, 0, 128)])[0].hue < 1.0
+
+
 def test_lanczos_emulation_is_bit_exact_with_pil():
     rng = np.random.default_rng(3)
     for h, w in [(7, 300), (300, 7), (40, 33), (33, 40), (64, 64), (5, 5), (256, 13), (31, 32)]:

@@ -349,6 +349,14 @@ def predict_proba(
     return predict(model, image_set, norm=(meta["mean"], meta["std"]), device=device, batch_size=batch_size).softmax(1)
 
 
+def prediction_records(outputs: torch.Tensor, image_set: ImageSet, classes: Sequence[str]) -> dict[str, list]:
+    """Per image: the predicted class and its probability (the prediction stream's features)."""
+    if len(image_set) == 0:
+        return {"id": [], "predicted": [], "confidence": []}
+    conf, idx = outputs.softmax(1).max(1)
+    return {"id": list(image_set.ids), "predicted": [classes[int(i)] for i in idx], "confidence": conf.tolist()}
+
+
 # ---- metrics ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TaskMetrics:

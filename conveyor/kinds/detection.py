@@ -301,6 +301,23 @@ def predict(model: nn.Module, image_set: ImageSet, *, norm: Any = None, device: 
     return out
 
 
+def prediction_records(outputs: list[dict], image_set: ImageSet, classes: Sequence[str]) -> dict[str, list]:
+    """Per image: the highest detection score (0 without detections), the detections kept at
+    ``SCORE_THRESHOLD`` and their mean side relative to the image side (None without any)."""
+    side = float(image_set.images.shape[-1]) if len(image_set) else 1.0
+    conf, objects, size = [], [], []
+    for d in outputs:
+        scores = d["scores"]
+        keep = scores >= SCORE_THRESHOLD
+        conf.append(float(scores.max()) if scores.numel() else 0.0)
+        objects.append(float(keep.sum()))
+        b = d["boxes"][keep]
+        sides = ((b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)).sqrt() / side
+        size.append(float(sides.mean()) if sides.numel() else None)
+    return {"id": list(image_set.ids), "confidence": conf, "predicted_objects": objects,
+            "predicted_object_size": size}
+
+
 # ---- metrics ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TaskMetrics:

@@ -303,6 +303,16 @@ def predict(
     return torch.cat(chunks)
 
 
+def prediction_records(outputs: torch.Tensor, mask_set: MaskSet, classes: Sequence[str]) -> dict[str, list]:
+    """Per image: the mean per-pixel probability of the predicted class, and the share of pixels
+    predicted as something other than class 0 (the background)."""
+    if outputs.shape[0] == 0:
+        return {"id": [], "confidence": [], "predicted_foreground": []}
+    conf, idx = outputs.softmax(1).max(1)
+    return {"id": list(mask_set.ids), "confidence": conf.flatten(1).mean(1).tolist(),
+            "predicted_foreground": (idx != 0).float().flatten(1).mean(1).tolist()}
+
+
 # ---- metrics ----------------------------------------------------------------------------------
 def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Pixel confusion matrix (rows: truth, columns: prediction), IGNORE pixels left out (torchmetrics)."""
