@@ -187,7 +187,7 @@ def evaluate_drift(cfg: DriftTrigger, store: profiles.ProfileStore, baselines: d
     overall baseline and flagged as new."""
     since = now - timedelta(seconds=parse_duration_s(cfg.window))
     streams = sorted({stream_of(f) for f in cfg.features})
-    windows = {s: store.window(s, since, now) for s in streams}
+    windows = {s: store.window(s, since, now, cameras=cfg.per_camera) for s in streams}
     report = DriftReport(NO_DRIFT, False, cfg.window, since.isoformat(), now.isoformat(),
                          {s: len(w.batches) for s, w in windows.items()}, {s: w.rows for s, w in windows.items()},
                          baseline_version)

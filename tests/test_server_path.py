@@ -135,7 +135,6 @@ def test_deploy_webhook_event_trigger_and_worker_on_a_real_server(prefect_server
     from conveyor.spec import load_spec
 
     api, env = prefect_server["api"], prefect_server["env"]
-    has_monitor = (ROOT / "flows" / "monitor.py").exists()
 
     # a toy pipeline: a cron schedule (far from now), a drift trigger, webhooks on
     pipeline = tmp_path / "pipeline"
@@ -148,11 +147,8 @@ def test_deploy_webhook_event_trigger_and_worker_on_a_real_server(prefect_server
     spec = load_spec(spec_path)
 
     # the generated prefect.yaml, deployed as a user would (from the project root)
-    conf = yaml.safe_load(render_prefect_yaml([spec_path], ROOT, work_pool=POOL))
-    if not has_monitor:  # the monitor flow is not in this checkout yet: deploy the cycle only
-        conf["deployments"] = [d for d in conf["deployments"] if d["entrypoint"] != "flows/monitor.py:monitor_pipeline"]
     prefect_file = tmp_path / "prefect.yaml"
-    prefect_file.write_text(yaml.safe_dump(conf, sort_keys=False))
+    prefect_file.write_text(render_prefect_yaml([spec_path], ROOT, work_pool=POOL))
     prefect("work-pool", "create", POOL, "--type", "process", env=env)
     prefect("deploy", "--all", "--prefect-file", str(prefect_file), env=env, timeout=180)
 
@@ -169,16 +165,16 @@ def test_deploy_webhook_event_trigger_and_worker_on_a_real_server(prefect_server
         automations = client.read_resource_related_automations(f"prefect.deployment.{cycle.id}")
         assert sorted(next(iter(a.trigger.expect)) for a in automations) == [
             "conveyor.drift.detected", "conveyor.webhook.received"]
-        if has_monitor:
-            monitor = client.read_deployment_by_name(f"conveyor-monitor/{spec.name}")
-            assert monitor.parameters == {"spec_path": str(spec_path), "start": "event"}
-            (msched,) = monitor.schedules
-            assert msched.schedule.interval.total_seconds() == 45 * 60
-            # the worker below must pick the webhook's run, not a monitor run
-            client.pause_deployment(monitor.id)
-            for r in client.read_flow_runs(
-                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[monitor.id]))):
-                client.delete_flow_run(r.id)
+        # the monitor, every monitor_every
+        monitor = client.read_deployment_by_name(f"conveyor-monitor/{spec.name}")
+        assert monitor.parameters == {"spec_path": str(spec_path), "start": "event"}
+        assert monitor.global_concurrency_limit is not None and monitor.global_concurrency_limit.limit == 1
+        (msched,) = monitor.schedules
+        assert msched.schedule.interval.total_seconds() == 45 * 60 and msched.active
+        # the worker below must pick the webhook's run, not a monitor run
+        client.pause_deployment(monitor.id)
+        for r in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[monitor.id]))):
+            client.delete_flow_run(r.id)
 
         def runs_with(reason: str):
             runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[cycle.id])))
