@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_data_plane.py
 	$(BIN)/python bench/bench_onnx_latency.py
 	$(BIN)/python bench/bench_rerun.py
+	$(BIN)/python bench/bench_monitoring.py
 
 clean:
 	rm -rf .demo workspace examples/workspace examples/data .pytest_cache

@@ -104,11 +104,6 @@ def print_monitor(rep: dict) -> None:
     for name, t in rep["triggers"].items():
         mark = "FIRED" if t["fired"] else t["status"]
         print(f"  {name:12} {mark:16} {t['reason']}")
-    d = rep.get("drift") or {}
-    for cam, feats in sorted((d.get("cameras") or {}).items()):
-        hit = [f for f in feats if f["status"] == "drift"]
-        if hit:
-            print(f"    camera {cam}: " + "; ".join(f["reason"] for f in hit))
     if rep["fired"]:
         if rep["start_cycle"]:
             started = rep.get("started") or {}
@@ -123,14 +118,17 @@ def print_monitor(rep: dict) -> None:
         print("  => nothing fired")
 
 
-def cmd_monitor(args) -> int:
-    spec = _load(args.spec)
-    ws = spec.workspace_path(args.workspace)
+def run_monitor(spec_path: str, workspace: str | None, start: str = "none", now: str | None = None) -> dict:
+    spec = _load(spec_path)
+    ws = spec.workspace_path(workspace)
     _prepare_env(ws)
     from flows.monitor import monitor_pipeline
 
-    rep = monitor_pipeline(spec_path=str(Path(args.spec).resolve()), workspace=str(ws),
-                           start="inline" if args.trigger else "none", now=args.now)
+    return monitor_pipeline(spec_path=str(Path(spec_path).resolve()), workspace=str(ws), start=start, now=now)
+
+
+def cmd_monitor(args) -> int:
+    rep = run_monitor(args.spec, args.workspace, "inline" if args.trigger else "none", args.now)
     if args.json:
         print(json.dumps(rep, indent=2, default=str))
     else:
@@ -215,6 +213,11 @@ def cmd_demo(args) -> int:
         print(f"== demo cycle {batch}: writing batch {batch} of the {args.example} demo data to {spec.source_path}",
               file=sys.stderr)
         write_batch(spec, batch)
+        if batch > 1 and (spec.triggers.drift or spec.triggers.performance):
+            print(f"== the monitor looks at batch {batch} before the cycle runs", file=sys.stderr)
+            report = run_monitor(str(spec_path), args.workspace)
+            if not args.json:
+                print_monitor(report)
         summaries.append(run_cycle(str(spec_path), args.workspace, trigger=f"demo-batch-{batch}"))
         if not args.json:
             print_summary(summaries[-1])

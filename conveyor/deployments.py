@@ -2,7 +2,8 @@
 
 ``render_prefect_yaml`` turns specs into a ``prefect.yaml`` for ``prefect deploy --all``. Per spec:
 
-- ``conveyor-cycle/<name>``: ``flows/cycle.py:continuous_training`` with ``trigger: schedule``,
+- ``conveyor-cycle/<name>``: ``flows/cycle.py:continuous_training`` (``trigger: manual`` by default,
+  so the UI's run button records a manual run; ``trigger: schedule`` on the schedule's own runs),
   one cycle at a time (``concurrency_limit: 1``), the spec's ``triggers.schedule`` (cron and time
   zone) as its schedule, and one deployment trigger (a Prefect automation) per declared event
   trigger: ``conveyor.drift.detected`` starts a cycle with ``trigger: drift``,
@@ -101,8 +102,10 @@ def event_triggers(spec: Spec) -> list[dict[str, Any]]:
 def cycle_deployment(spec: Spec, spec_param: str, work_pool: str = DEFAULT_WORK_POOL) -> dict[str, Any]:
     schedules = []
     if spec.triggers.schedule is not None:
+        # the schedule's own parameters: its runs record trigger "schedule", while a run from the
+        # UI's button keeps the deployment's default, "manual"
         schedules.append({"cron": _Quoted(spec.triggers.schedule.cron), "timezone": spec.triggers.schedule.timezone,
-                          "active": True})
+                          "active": True, "parameters": {"trigger": "schedule"}})
     description = f"Continuous-training cycle of {spec.name} ({spec_param})."
     if spec.description:
         description += f" {spec.description}"
@@ -110,7 +113,7 @@ def cycle_deployment(spec: Spec, spec_param: str, work_pool: str = DEFAULT_WORK_
         "name": spec.name,
         "description": description,
         "entrypoint": CYCLE_ENTRYPOINT,
-        "parameters": {"spec_path": spec_param, "trigger": "schedule"},
+        "parameters": {"spec_path": spec_param, "trigger": "manual"},
         "tags": ["conveyor", spec.task, spec.name],
         "work_pool": {"name": work_pool},
         "concurrency_limit": 1,

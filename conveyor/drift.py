@@ -61,6 +61,15 @@ class FeatureDrift:
     def drifted(self) -> bool:
         return self.status == DRIFT
 
+    def short(self) -> str:
+        """A few words: ``brightness 0.232 -> 0.33 (+42%, KS p=1e-12)``."""
+        p = f"p={_g(self.pvalue)}" if self.pvalue is not None else f"{self.test} {_g(self.statistic)}"
+        if self.kind == "categorical":
+            return f"{self.feature} mix moved {_pct(self.moved_mass)} ({self.test} {p})"
+        sign = "+" if (self.window_mean or 0) >= (self.baseline_mean or 0) else "-"
+        return (f"{self.feature} {_g(self.baseline_mean)} -> {_g(self.window_mean)} "
+                f"({sign}{_pct(self.relative_change)}, {self.test} {p})")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -218,14 +227,25 @@ def evaluate_drift(cfg: DriftTrigger, store: profiles.ProfileStore, baselines: d
                 fd = _feature(cfg, f, windows[s].cameras.get(cam), base_view(s, cam), alpha, camera=cam)
                 b = baselines.get(s)
                 if b is not None and cam not in b.cameras:
-                    fd.reason += f"; camera {cam} is new (not in the training data), compared with the overall baseline"
+                    fd.reason += f"; camera {cam} is new (not in the champion's data): compared with the overall baseline"
                 feats.append(fd)
             report.cameras[cam] = feats
     drifted = report.drifted
     if drifted:
         report.status, report.fired = "fired", True
-        parts = [(f"camera {d.camera}: " if d.camera else "") + d.reason for d in drifted]
-        report.reason = "drift detected in " + "; ".join(parts)
+        parts = []
+        overall = [d for d in drifted if d.camera is None]
+        if overall:
+            parts.append("overall " + ", ".join(d.short() for d in overall))
+        by_cam: dict[str, list[FeatureDrift]] = {}
+        for d in drifted:
+            if d.camera is not None:
+                by_cam.setdefault(d.camera, []).append(d)
+        for cam, ds in by_cam.items():
+            b = baselines.get(ds[0].stream)
+            new = " (new camera)" if b is not None and cam not in b.cameras else ""
+            parts.append(f"camera {cam}{new} " + ", ".join(d.short() for d in ds))
+        report.reason = "drift: " + "; ".join(parts)
     elif all(f.status in (NOT_ENOUGH_DATA, NO_BASELINE) for f in report.features):
         report.status = NOT_ENOUGH_DATA
         report.reason = "not enough data to test: " + "; ".join(f.reason for f in report.features)

@@ -38,16 +38,18 @@ def observe_ingest_task(spec: Spec, workspace: str, manifest_path: str, dataset_
       persist_result=True, **RETRY)
 def baseline_task(spec: Spec, split_path: str, split_version: str, predictions_path: str | None, model_hash: str,
                   workspace: str) -> dict[str, str]:
-    """Profiles of the training images and of the model's test predictions: the drift baseline
-    that travels with the registered version."""
-    rows = pl.read_parquet(split_path).filter(pl.col("split") == "train")
+    """Profiles of the images of the champion's dataset version and of the model's predictions
+    on the frozen test split: the drift baseline that travels with the registered version.
+
+    All three splits are profiled, not only train: splits are grouped by camera, so the cameras
+    held out for evaluation would otherwise have no baseline of their own and look new."""
+    rows = pl.read_parquet(split_path)
     preds = pl.read_parquet(predictions_path) if predictions_path else None
     if preds is not None and "camera" not in preds.columns:
-        cams = pl.read_parquet(split_path).select("id", "camera")
-        preds = preds.join(cams, on="id", how="left")
+        preds = preds.join(rows.select("id", "camera"), on="id", how="left")
     out = Workspace(workspace).evals / f"baseline-{model_hash[:16]}-{split_version}"
     files = profiles.write_baseline(out, rows, preds)
-    run_logger().info("baseline profiles: %d training images%s", rows.height,
+    run_logger().info("baseline profiles: %d images (train, val, test)%s", rows.height,
                       f", {preds.height} test predictions" if preds is not None else "")
     return files
 

@@ -80,6 +80,14 @@ def test_demo_end_to_end(tmp_path):
     assert second["split"]["counts"]["test"] == first["split"]["counts"]["test"]
     assert second["split"]["counts"]["val"] == first["split"]["counts"]["val"]
 
+    # between the batches the monitor saw the new cameras drift, and the cool-down held the cycle back
+    from conveyor.events import read_log
+
+    logged = read_log(tmp_path / "demo" / "workspace" / "monitoring" / "digits-classifier" / "events.jsonl")
+    suppressed = [e for e in logged if e["event"] == "conveyor.drift.suppressed"]
+    assert len(suppressed) == 1 and "new camera" in suppressed[0]["payload"]["reason"]
+    assert suppressed[0]["payload"]["suppressed_by"].startswith("cool-down")
+
     spec = tmp_path / "demo" / "classification.yaml"
     listed = json.loads(conveyor("registry", "list", str(spec), "--json", cwd=tmp_path).stdout)
     assert [v["version"] for v in listed["versions"]] == [1, 2]
@@ -114,3 +122,43 @@ def test_prefect_yaml_deploys_the_cycle_with_the_spec_schedule():
             assert dep["schedules"] == []
         else:
             assert dep["schedules"][0]["cron"] == spec.triggers.schedule.cron
+
+
+def test_observe_accounts_for_every_prediction_row(tmp_path, capsys):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"name": "x", "task": "classification", "data": {"source": "d", "classes": ["a", "b"]}}))
+    preds = tmp_path / "preds.csv"
+    preds.write_text("timestamp,predicted,confidence,camera\n2026-11-27T08:00:00Z,a,0.9,c1\n"
+                     "2026-11-27T08:01:00Z,b,0.6,c2\n2026-11-27T08:02:00Z,z,0.6,c2\nnot a time,a,0.5,c1\n")
+    assert main(["observe", str(p), "--predictions", str(preds), "--json", "--workspace", str(tmp_path / "ws")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert (res["received"], res["accepted"], res["quarantined"]) == (4, 2, 2)
+    assert res["quarantine_reasons"] == {"bad_timestamp": 1, "unknown_class": 1}
+    assert main(["observe", str(p), "--predictions", str(preds), "--workspace", str(tmp_path / "ws")]) == 0
+    out = capsys.readouterr().out
+    assert "received 4, accepted 2, quarantined 2 (bad_timestamp 1, unknown_class 1)" in out
+    assert main(["observe", str(p), "--predictions", str(tmp_path / "missing.csv")]) == 1
+
+
+def test_monitor_says_why_each_trigger_did_or_did_not_fire(tmp_path):
+    from conftest import toy_spec_dict, write_toy_dataset
+
+    write_toy_dataset(tmp_path / "data", per_class_per_camera=2, cameras=3)
+    rows = ["timestamp,label,predicted"] + [f"2099-01-01T00:00:00Z,red,{'blue' if i % 2 else 'red'}" for i in range(60)]
+    (tmp_path / "feedback.csv").write_text("\n".join(rows) + "\n")
+    d = toy_spec_dict()
+    d["triggers"] = {"drift": {"features": ["brightness"]},
+                     "performance": {"below": 0.9, "window": "1d", "min_samples": 50},
+                     "schedule": {"cron": "0 3 * * 1", "timezone": "Europe/Berlin"}}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(d))
+    res = conveyor("monitor", str(spec), "--json", "--now", "2099-01-01T12:00:00+00:00", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads(res.stdout)
+    assert rep["triggers"]["drift"]["status"] == "no_baseline"  # no champion yet
+    assert rep["triggers"]["performance"]["status"] == "fired" and rep["fired"] == ["performance"]
+    assert rep["performance"]["samples"] == 60 and rep["performance"]["value"] < 0.9
+    assert rep["start_cycle"] and rep["started"] is None  # evaluate only, without --trigger
+    assert rep["triggers"]["schedule"]["next_run"].startswith("2099-01-05T03:00:00+01:00")
+    res = conveyor("monitor", str(spec), "--now", "2099-01-01T12:00:00+00:00", cwd=tmp_path)
+    assert "performance  FIRED" in res.stdout and "not started (no --trigger)" in res.stdout

@@ -49,8 +49,10 @@ def test_cron_and_timezone_become_the_cycle_schedule(tmp_path):
     spec = write_spec(tmp_path / "pipelines", schedule={"cron": "15 2 * * 1-5", "timezone": "Europe/Berlin"})
     conf = generated([spec], tmp_path)
     cycle = deployment(conf, "conveyor-cycle", "toy")
-    assert cycle["schedules"] == [{"cron": "15 2 * * 1-5", "timezone": "Europe/Berlin", "active": True}]
-    assert cycle["parameters"] == {"spec_path": "pipelines/toy.yaml", "trigger": "schedule"}
+    assert cycle["schedules"] == [{"cron": "15 2 * * 1-5", "timezone": "Europe/Berlin", "active": True,
+                                   "parameters": {"trigger": "schedule"}}]
+    # a run from the UI's button is manual; the schedule's own runs say "schedule"
+    assert cycle["parameters"] == {"spec_path": "pipelines/toy.yaml", "trigger": "manual"}
     assert cycle["concurrency_limit"] == 1 and cycle["work_pool"] == {"name": "conveyor"}
     assert cycle["triggers"] == [] and deployment(conf, "conveyor-monitor", "toy") is None
     assert conf["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $CONVEYOR_HOME }}"}}]

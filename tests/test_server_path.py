@@ -157,11 +157,12 @@ def test_deploy_webhook_event_trigger_and_worker_on_a_real_server(prefect_server
     with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         # deployed with the spec's schedule, parameters, concurrency limit and event trigger
         cycle = client.read_deployment_by_name(f"conveyor-cycle/{spec.name}")
-        assert cycle.parameters == {"spec_path": str(spec_path), "trigger": "schedule"}
+        assert cycle.parameters == {"spec_path": str(spec_path), "trigger": "manual"}
         assert cycle.work_pool_name == POOL
         assert cycle.global_concurrency_limit is not None and cycle.global_concurrency_limit.limit == 1
         (sched,) = cycle.schedules
         assert (sched.schedule.cron, sched.schedule.timezone, sched.active) == ("0 3 1 1 *", "Europe/Berlin", True)
+        assert sched.parameters == {"trigger": "schedule"}
         automations = client.read_resource_related_automations(f"prefect.deployment.{cycle.id}")
         assert sorted(next(iter(a.trigger.expect)) for a in automations) == [
             "conveyor.drift.detected", "conveyor.webhook.received"]
