@@ -40,6 +40,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_data_plane import best_of  # noqa: E402  (the same best-of-N timer)
 from conveyor import drift, imageio, profiles  # noqa: E402
 from conveyor.spec import DriftTrigger  # noqa: E402
 
@@ -93,15 +94,6 @@ def log_image_per_image(items) -> None:
 
     for p, _, _ in items:
         log_image(Image.open(p).convert("RGB"))
-
-
-def best_of(repeats: int, fn) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def daily_table(rng: np.random.Generator, rows: int) -> pl.DataFrame:

@@ -23,7 +23,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import polars as pl
 
@@ -70,6 +70,27 @@ def _quarantine(rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=FEEDBACK_QUARANTINE_SCHEMA)
 
 
+class _Bad(Exception):
+    def __init__(self, fld: str, reason: str, detail: str):
+        self.field, self.reason, self.detail = fld, reason, detail
+
+
+def _check_rows(path: Path, n: int, schema: dict, check: Callable[[int, int], dict[str, Any]]) -> Checked:
+    """Run ``check(index, row number)`` over every row: its dict is accepted, a ``_Bad`` it
+    raises is quarantined with the row number, field and reason."""
+    good: dict[str, list] = {c: [] for c in schema}
+    bad: list[dict] = []
+    for i in range(n):
+        try:
+            values = check(i, i + 1)
+        except _Bad as b:
+            bad.append({"source": str(path), "row": i + 1, "field": b.field, "reason": b.reason, "detail": b.detail})
+            continue
+        for c in schema:
+            good[c].append(values.get(c))
+    return Checked(pl.DataFrame(good, schema=schema), _quarantine(bad), n)
+
+
 def _number(v: Any) -> float | None:
     if v is None or (isinstance(v, str) and not v.strip()):
         return None
@@ -98,62 +119,41 @@ def check_predictions(path: str | Path, classes: Sequence[str] | None, task: str
         raise FeedbackError(f"prediction table {path} lacks the required column 'predicted' (the predicted class)")
     allowed = _allowed_classes(classes, task)
     cols = {c: column_values(df, c) for c in ("prediction_id", "timestamp", "camera", "predicted", *PREDICTION_NUMERIC)}
-    good: dict[str, list] = {c: [] for c in PREDICTION_LOG_SCHEMA}
-    bad: list[dict] = []
     seen: dict[str, int] = {}
-    for i in range(df.height):
-        row = i + 1
 
-        def reject(fld: str, reason: str, detail: str) -> None:
-            bad.append({"source": str(path), "row": row, "field": fld, "reason": reason, "detail": detail})
-
+    def check(i: int, row: int) -> dict[str, Any]:
         pid = text_or_none(cols["prediction_id"][i])
         if pid is not None and pid in seen:
-            reject("prediction_id", "duplicate_row", f"prediction_id {pid!r} is already in row {seen[pid]}")
-            continue
+            raise _Bad("prediction_id", "duplicate_row", f"prediction_id {pid!r} is already in row {seen[pid]}")
         try:
             ts = parse_timestamp(cols["timestamp"][i]) or observed_at
         except ValueError as err:
-            reject("timestamp", "bad_timestamp", f"timestamp {cols['timestamp'][i]!r}: {err}")
-            continue
+            raise _Bad("timestamp", "bad_timestamp", f"timestamp {cols['timestamp'][i]!r}: {err}") from None
         predicted = text_or_none(cols["predicted"][i])
         if task == "classification" and predicted is None:
-            reject("predicted", "missing_prediction", "no predicted class")
-            continue
+            raise _Bad("predicted", "missing_prediction", "no predicted class")
         if predicted is not None and allowed is not None and predicted not in allowed:
-            reject("predicted", "unknown_class", f"predicted {predicted!r} is not one of {sorted(allowed)}")
-            continue
+            raise _Bad("predicted", "unknown_class", f"predicted {predicted!r} is not one of {sorted(allowed)}")
         nums: dict[str, float | None] = {}
-        problem = None
         for c in PREDICTION_NUMERIC:
             try:
-                nums[c] = _number(cols[c][i])
+                v = nums[c] = _number(cols[c][i])
             except ValueError:
-                problem = (c, "bad_value", f"{c} {cols[c][i]!r} is not a number")
-                break
-            v = nums[c]
+                raise _Bad(c, "bad_value", f"{c} {cols[c][i]!r} is not a number") from None
             if v is None:
                 continue
             if c in ("confidence", "predicted_foreground", "predicted_object_size") and not 0.0 <= v <= 1.0:
-                problem = (c, "out_of_range", f"{c} {v!r} is outside 0..1")
-                break
+                raise _Bad(c, "out_of_range", f"{c} {v!r} is outside 0..1")
             if c == "predicted_objects" and (v < 0 or v != int(v)):
-                problem = (c, "out_of_range", f"{c} {v!r} is not a whole number >= 0")
-                break
-        if problem is None and nums["confidence"] is None:
-            problem = ("confidence", "missing_value", "no confidence")
-        if problem is not None:
-            reject(*problem)
-            continue
+                raise _Bad(c, "out_of_range", f"{c} {v!r} is not a whole number >= 0")
+        if nums["confidence"] is None:
+            raise _Bad("confidence", "missing_value", "no confidence")
         if pid is not None:
             seen[pid] = row
-        good["prediction_id"].append(pid)
-        good["timestamp"].append(ts)
-        good["camera"].append(text_or_none(cols["camera"][i]))
-        good["predicted"].append(predicted)
-        for c in PREDICTION_NUMERIC:
-            good[c].append(nums[c])
-    return Checked(pl.DataFrame(good, schema=PREDICTION_LOG_SCHEMA), _quarantine(bad), df.height)
+        return {"prediction_id": pid, "timestamp": ts, "camera": text_or_none(cols["camera"][i]),
+                "predicted": predicted, **nums}
+
+    return _check_rows(path, df.height, PREDICTION_LOG_SCHEMA, check)
 
 
 def read_prediction_log(log_dir: str | Path) -> pl.DataFrame:
@@ -182,52 +182,39 @@ def check_feedback(path: str | Path, classes: Sequence[str] | None, task: str,
                 by_id[pid] = pred
     allowed = _allowed_classes(classes, task)
     cols = {c: column_values(df, c) for c in FEEDBACK_SCHEMA}
-    good: dict[str, list] = {c: [] for c in FEEDBACK_SCHEMA}
-    bad: list[dict] = []
     seen: dict[str, int] = {}
-    for i in range(df.height):
-        row = i + 1
 
-        def reject(fld: str, reason: str, detail: str) -> None:
-            bad.append({"source": str(path), "row": row, "field": fld, "reason": reason, "detail": detail})
-
+    def check(i: int, row: int) -> dict[str, Any]:
         try:
             ts = parse_timestamp(cols["timestamp"][i])
         except ValueError as err:
-            reject("timestamp", "bad_timestamp", f"timestamp {cols['timestamp'][i]!r}: {err}")
-            continue
+            raise _Bad("timestamp", "bad_timestamp", f"timestamp {cols['timestamp'][i]!r}: {err}") from None
         if ts is None:
-            reject("timestamp", "bad_timestamp", "no timestamp")
-            continue
+            raise _Bad("timestamp", "bad_timestamp", "no timestamp")
         label = text_or_none(cols["label"][i])
         if label is None:
-            reject("label", "missing_label", "no label (the ground truth)")
-            continue
+            raise _Bad("label", "missing_label", "no label (the ground truth)")
         if allowed is not None and label not in allowed:
-            reject("label", "unknown_label", f"label {label!r} is not one of {sorted(allowed)}")
-            continue
+            raise _Bad("label", "unknown_label", f"label {label!r} is not one of {sorted(allowed)}")
         pid = text_or_none(cols["prediction_id"][i])
         if pid is not None and pid in seen:
-            reject("prediction_id", "duplicate_row", f"feedback for prediction_id {pid!r} is already in row {seen[pid]}")
-            continue
+            raise _Bad("prediction_id", "duplicate_row",
+                       f"feedback for prediction_id {pid!r} is already in row {seen[pid]}")
         predicted = text_or_none(cols["predicted"][i])
         if predicted is None and pid is not None:
             if pid not in by_id:
-                reject("prediction_id", "unknown_prediction", f"prediction_id {pid!r} is not in the prediction log")
-                continue
+                raise _Bad("prediction_id", "unknown_prediction", f"prediction_id {pid!r} is not in the prediction log")
             predicted = by_id[pid]
         if predicted is None:
-            reject("predicted", "missing_prediction", "neither predicted nor a known prediction_id")
-            continue
+            raise _Bad("predicted", "missing_prediction", "neither predicted nor a known prediction_id")
         if allowed is not None and predicted not in allowed:
-            reject("predicted", "unknown_class", f"predicted {predicted!r} is not one of {sorted(allowed)}")
-            continue
+            raise _Bad("predicted", "unknown_class", f"predicted {predicted!r} is not one of {sorted(allowed)}")
         if pid is not None:
             seen[pid] = row
-        for c, v in (("timestamp", ts), ("label", label), ("predicted", predicted),
-                     ("camera", text_or_none(cols["camera"][i])), ("prediction_id", pid)):
-            good[c].append(v)
-    return Checked(pl.DataFrame(good, schema=FEEDBACK_SCHEMA), _quarantine(bad), df.height)
+        return {"timestamp": ts, "label": label, "predicted": predicted, "camera": text_or_none(cols["camera"][i]),
+                "prediction_id": pid}
+
+    return _check_rows(path, df.height, FEEDBACK_SCHEMA, check)
 
 
 # ---- the performance trigger ---------------------------------------------------------------------

@@ -221,28 +221,27 @@ def next_cron(schedule: Any, now: datetime) -> str:
 def report_events(rep: MonitorReport) -> list[dict[str, Any]]:
     """One event per evaluated trigger: detected / degraded when a cycle should start,
     suppressed when it fired but may not start, checked otherwise."""
-    out: list[dict[str, Any]] = []
     base = {"champion_version": rep.champion_version, "at": rep.at}
+
+    def event(kind: str, fired_name: str, fired: bool, payload: dict[str, Any]) -> dict[str, Any]:
+        name = f"conveyor.{kind}.checked"
+        if fired:
+            name = f"conveyor.{kind}.{fired_name}" if rep.start_cycle else f"conveyor.{kind}.suppressed"
+            if not rep.start_cycle:
+                payload["suppressed_by"] = rep.suppressed_by
+        return events.make_event(name, rep.pipeline, {**base, **payload})
+
+    out: list[dict[str, Any]] = []
     if rep.drift is not None:
         d = rep.drift
-        payload = {**base, "status": d.status, "reason": d.reason, "window": d.window,
-                   "features": [f.to_dict() for f in d.drifted] if d.fired else [f.to_dict() for f in d.features]}
-        name = "conveyor.drift.checked"
-        if d.fired:
-            name = "conveyor.drift.detected" if rep.start_cycle else "conveyor.drift.suppressed"
-            if not rep.start_cycle:
-                payload["suppressed_by"] = rep.suppressed_by
-        out.append(events.make_event(name, rep.pipeline, payload))
+        out.append(event("drift", "detected", d.fired, {
+            "status": d.status, "reason": d.reason, "window": d.window,
+            "features": [f.to_dict() for f in (d.drifted if d.fired else d.features)]}))
     if rep.performance is not None:
         p = rep.performance
-        payload = {**base, "status": p.status, "reason": p.reason, "metric": p.metric, "value": p.value,
-                   "below": p.below, "samples": p.samples, "per_camera": p.per_camera}
-        name = "conveyor.performance.checked"
-        if p.fired:
-            name = "conveyor.performance.degraded" if rep.start_cycle else "conveyor.performance.suppressed"
-            if not rep.start_cycle:
-                payload["suppressed_by"] = rep.suppressed_by
-        out.append(events.make_event(name, rep.pipeline, payload))
+        out.append(event("performance", "degraded", p.fired, {
+            "status": p.status, "reason": p.reason, "metric": p.metric, "value": p.value, "below": p.below,
+            "samples": p.samples, "per_camera": p.per_camera}))
     return out
 
 
