@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_onnx_latency.py
 	$(BIN)/python bench/bench_rerun.py
 	$(BIN)/python bench/bench_monitoring.py
+	$(BIN)/python bench/bench_serving.py
 
 clean:
 	rm -rf .demo workspace examples/workspace examples/data .pytest_cache

@@ -1,4 +1,5 @@
-"""The ``conveyor`` command: validate a spec, run a cycle, inspect the registry, roll back, demo, webhook."""
+"""The ``conveyor`` command: validate a spec, run a cycle, inspect the registry, roll out, roll back, demo,
+webhook, serve."""
 
 from __future__ import annotations
 
@@ -116,6 +117,12 @@ def print_monitor(rep: dict) -> None:
             print(f"  => no cycle starts: {rep['suppressed_by']}")
     else:
         print("  => nothing fired")
+    ro = rep.get("rollout") or {}
+    if ro.get("state"):
+        st, res, dec = ro["state"], ro.get("result"), ro.get("decision")
+        why = res["message"] if res else (dec["reason"] if dec else st.get("reason"))
+        print(f"  rollout {st['rollout_id']} ({st['strategy']}, v{st['challenger']} vs champion v{st['champion']}): "
+              f"{st['status']} - {why}")
 
 
 def run_monitor(spec_path: str, workspace: str | None, start: str = "none", now: str | None = None) -> dict:
@@ -169,7 +176,8 @@ def cmd_registry_list(args) -> int:
     champion = reg.alias(spec.name)
     if args.json:
         print(json.dumps({"name": spec.name, "champion": champion, "versions": [v.to_dict() for v in versions],
-                          "champion_history": reg.alias_history(spec.name)}, indent=2, default=str))
+                          "champion_history": reg.alias_history(spec.name), "rollouts": reg.rollouts(spec.name)},
+                         indent=2, default=str))
         return 0
     if not versions:
         print(f"{spec.name}: no registered versions yet")
@@ -186,13 +194,96 @@ def cmd_registry_list(args) -> int:
 
 def cmd_rollback(args) -> int:
     from conveyor.registry import Registry
-    from conveyor.rollout import rollback
+    from conveyor.rollout import RolloutState, rollback, rollout_event
     from conveyor.workspace import Workspace
 
     spec = _load(args.spec)
-    reg = Registry(Workspace(spec.workspace_path(args.workspace)).registry)
-    res = rollback(reg, spec.name, args.to, reason=args.reason)
+    ws = Workspace(spec.workspace_path(args.workspace))
+    reg = Registry(ws.registry)
+    res = rollback(reg, spec.name, args.to, reason=args.reason, workspace=ws)
+    if res.rollout is not None:  # a running rollout ended with this manual rollback
+        _emit_local(ws, spec.name, [rollout_event("rolled_back", spec.name, RolloutState.from_dict(res.rollout["state"]),
+                                                  [args.reason], manual=True)])
     print(res.message)
+    return 0
+
+
+def _emit_local(ws, name: str, event_list: list[dict]) -> None:
+    """Events from a command outside a flow: to the Prefect API when one is configured, and to the
+    pipeline's event log always."""
+    from conveyor import events, monitor
+
+    log = monitor.events_log(ws, name)
+    for e in event_list:
+        if os.environ.get("PREFECT_API_URL"):
+            events.emit(e, log)
+        else:
+            events.append_log(log, e)
+
+
+def cmd_rollout(args) -> int:
+    from conveyor.rollout import rollout_event, start_rollout
+    from conveyor.workspace import Workspace
+
+    spec = _load(args.spec)
+    ws = spec.workspace_path(args.workspace)
+    if args.watch:
+        _prepare_env(ws)
+        from flows.rollout import rollout_flow
+
+        res = rollout_flow(spec_path=str(Path(args.spec).resolve()), version=args.version, workspace=str(ws))
+        if args.json:
+            print(json.dumps(res, indent=2, default=str))
+        else:
+            print(f"rollout {res['rollout_id']} ({res['strategy']}, v{res['champion']} vs v{res['challenger']}): "
+                  f"{res['status']} - {res['reason']}")
+        return 0
+    st = start_rollout(spec, Workspace(ws), args.version)
+    _emit_local(Workspace(ws), spec.name, [rollout_event("started", spec.name, st, manual=True)])
+    if args.json:
+        print(json.dumps(st.to_dict(), indent=2))
+    else:
+        print(f"started {st.strategy} rollout {st.rollout_id}: v{st.challenger} against champion v{st.champion} "
+              f"(traffic {st.traffic:g}) until {st.ends_at}")
+        print(f"  state file: {Workspace(ws).state(spec.name) / 'rollout.json'}; ends through the "
+              f"conveyor-rollout flow, the monitor, or: conveyor rollout {args.spec} --version {args.version} --watch")
+    return 0
+
+
+def cmd_rollout_status(args) -> int:
+    from conveyor.rollout import check_rollout
+    from conveyor.workspace import Workspace
+
+    spec = _load(args.spec)
+    check = check_rollout(spec, Workspace(spec.workspace_path(args.workspace)), finish=False)
+    if args.json:
+        print(json.dumps(check.to_dict(), indent=2, default=str))
+        return 0
+    st = check.state
+    if st is None:
+        print(f"{spec.name}: no rollout yet (deploy.strategy {spec.deploy.strategy})")
+        return 0
+    print(f"rollout {st.rollout_id} of {spec.name}: {st.status.upper()} ({st.strategy}, champion v{st.champion}, "
+          f"challenger v{st.challenger}, traffic {st.traffic:g})")
+    print(f"  started {st.started_at}, ends {st.ends_at}, updated {st.updated_at}")
+    if st.reason:
+        print(f"  reason: {st.reason}")
+    m, d = check.metrics, check.decision
+    if m is not None:
+        for r in (m.champion, m.challenger):
+            print(f"  {r.role:10} v{r.version}: {r.requests} answers, {r.errors} errors (rate {_fmt(r.error_rate)}), "
+                  f"p50 {_fmt(r.latency_p50_ms)} ms, p95 {_fmt(r.latency_p95_ms)} ms, "
+                  f"mean confidence {_fmt(r.mean_confidence)}")
+        if st.strategy == "shadow":
+            print(f"  disagreement {_fmt(m.disagreement)} over {m.compared} requests")
+        if m.feedback_precision is not None:
+            print(f"  challenger feedback precision {_fmt(m.feedback_precision)} ({m.feedback_labelled} labelled)")
+        if st.strategy == "blue_green":
+            print(f"  service ready: {m.service_ready} (service.json: {m.service})")
+    if d is not None:
+        print(f"  decision now: {d.action.upper()} - {d.reason}")
+        for c in d.checks:
+            print(f"    [{c.status}] {c.reason}")
     return 0
 
 
@@ -263,6 +354,16 @@ def cmd_webhook_send(args) -> int:
     return 0 if res.is_success else 1
 
 
+def cmd_serve(args) -> int:
+    from conveyor.service import serve
+    from conveyor.serving import ServiceConfig
+
+    spec = _load(args.spec)
+    config = ServiceConfig(threads=args.threads, poll_s=args.poll)
+    serve(spec, spec.workspace_path(args.workspace), host=args.host, port=args.port, config=config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="conveyor", description="Continuous training for computer-vision models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -317,6 +418,21 @@ def build_parser() -> argparse.ArgumentParser:
     ws(rb)
     rb.set_defaults(func=cmd_rollback)
 
+    ro = sub.add_parser("rollout", help="start a rollout of a registered version against the champion "
+                                        "(deploy.strategy shadow, canary or blue_green)")
+    ro.add_argument("spec")
+    ro.add_argument("--version", type=int, required=True, metavar="N", help="the registered version to roll out")
+    ro.add_argument("--watch", action="store_true", help="run the rollout flow here until the rollout ends")
+    ro.add_argument("--json", action="store_true")
+    ws(ro)
+    ro.set_defaults(func=cmd_rollout)
+
+    rs = sub.add_parser("rollout-status", help="the rollout's state, live metrics and what its alerts say now")
+    rs.add_argument("spec")
+    rs.add_argument("--json", action="store_true")
+    ws(rs)
+    rs.set_defaults(func=cmd_rollout_status)
+
     d = sub.add_parser("demo", help="run a bundled example: two cycles, a second batch of data arriving between them")
     d.add_argument("--example", default="classification", help="which bundled example (default: classification)")
     d.add_argument("--dir", default=".demo", help="where the demo spec and data go (default: ./.demo)")
@@ -343,6 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
     whs.add_argument("--reason", help="why the run is wanted (recorded with the run)")
     whs.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
     whs.set_defaults(func=cmd_webhook_send)
+
+    sv = sub.add_parser("serve", help="serve the champion (and a running rollout's challenger) over HTTP with "
+                                      "onnxruntime")
+    sv.add_argument("spec")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    sv.add_argument("--threads", type=int, default=1,
+                    help="onnxruntime threads per model call (default: 1; requests run in parallel)")
+    sv.add_argument("--poll", type=float, default=1.0, metavar="SECONDS",
+                    help="how often to check the champion alias and rollout.json (default: 1.0)")
+    ws(sv)
+    sv.set_defaults(func=cmd_serve)
 
     dp = sub.add_parser("deployments", help="generate the prefect.yaml deployments of one or more specs "
                                              "(schedules, event triggers, monitors)")

@@ -13,7 +13,10 @@
   ``reason``. Events match on the resource ``conveyor.pipeline.<name>``;
 - ``conveyor-monitor/<name>``, only when the spec declares drift or performance triggers:
   ``flows/monitor.py:monitor_pipeline`` every ``triggers.monitor_every``, which evaluates the
-  triggers and emits those events.
+  triggers and emits those events;
+- ``conveyor-rollout/<name>``, only when ``deploy.strategy`` is shadow, canary or blue_green:
+  ``flows/rollout.py:rollout_flow``, no schedule; a cycle whose challenger passes the gate starts a
+  run of it (``run_deployment``) to watch the rollout it began and promote or roll it back.
 
 In its default mode the webhook receiver starts ``conveyor-cycle/<name>`` through the Prefect API
 and needs no trigger. The layout follows Prefect 3's ``prefect.yaml`` schema
@@ -35,6 +38,8 @@ CYCLE_FLOW = "conveyor-cycle"
 MONITOR_FLOW = "conveyor-monitor"
 CYCLE_ENTRYPOINT = "flows/cycle.py:continuous_training"
 MONITOR_ENTRYPOINT = "flows/monitor.py:monitor_pipeline"
+ROLLOUT_FLOW = "conveyor-rollout"
+ROLLOUT_ENTRYPOINT = "flows/rollout.py:rollout_flow"
 DEFAULT_WORK_POOL = "conveyor"
 HOME_ENV = "CONVEYOR_HOME"  # the project checkout on the worker's machine
 # The Prefect version whose prefect.yaml schema this layout was checked against.
@@ -142,9 +147,26 @@ def monitor_deployment(spec: Spec, spec_param: str, work_pool: str = DEFAULT_WOR
     }
 
 
+def rollout_deployment(spec: Spec, spec_param: str, work_pool: str = DEFAULT_WORK_POOL) -> dict[str, Any] | None:
+    d = spec.deploy
+    if d.strategy == "replace":
+        return None
+    return {
+        "name": spec.name,
+        "description": f"Watches a {d.strategy} rollout of {spec.name} ({spec_param}) for {d.duration}, checking its "
+                       f"live metrics every {d.check_every}; promotes the challenger or rolls it back. Started by "
+                       f"the cycle (parameters version and rollout_id).",
+        "entrypoint": ROLLOUT_ENTRYPOINT,
+        "parameters": {"spec_path": spec_param},
+        "tags": ["conveyor", spec.task, spec.name, "rollout"],
+        "work_pool": {"name": work_pool},
+        "schedules": [],
+    }
+
+
 def deployments_for(spec_paths: Iterable[str | Path], project_root: str | Path,
                     work_pool: str = DEFAULT_WORK_POOL) -> list[tuple[str, dict[str, Any]]]:
-    """``(flow name, deployment)`` pairs for the specs, in the order given (cycle, then monitor)."""
+    """``(flow name, deployment)`` pairs for the specs, in the order given (cycle, monitor, rollout)."""
     out: list[tuple[str, dict[str, Any]]] = []
     seen: dict[str, str] = {}
     for path in spec_paths:
@@ -158,6 +180,9 @@ def deployments_for(spec_paths: Iterable[str | Path], project_root: str | Path,
         monitor = monitor_deployment(spec, param, work_pool)
         if monitor is not None:
             out.append((MONITOR_FLOW, monitor))
+        rollout = rollout_deployment(spec, param, work_pool)
+        if rollout is not None:
+            out.append((ROLLOUT_FLOW, rollout))
     return out
 
 

@@ -31,6 +31,10 @@ EVENTS = {
     "conveyor.cycle.completed": "a cycle finished; payload.decision is promoted, rejected or skipped",
     "conveyor.model.promoted": "a challenger became the champion",
     "conveyor.model.rejected": "a challenger failed the gate",
+    "conveyor.rollout.started": "a challenger that passed the gate started a shadow, canary or blue_green rollout",
+    "conveyor.rollout.promoted": "a rollout ended with every alert holding: the challenger became the champion",
+    "conveyor.rollout.rolled_back": "a rollout ended without promotion (an alert breached, too little traffic, "
+                                    "the service never got ready, or a manual rollback); the champion stays",
     "conveyor.webhook.received": "a signed webhook call was accepted (event mode of `conveyor webhook`)",
 }
 

@@ -164,6 +164,17 @@ def read_prediction_log(log_dir: str | Path) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
 
 
+def answering_predictions(log: pl.DataFrame) -> pl.DataFrame:
+    """The rows whose answer a caller received. The inference service also logs shadow copies (role
+    ``shadow``, same prediction_id) and failed calls (status ``error``); tables added with
+    ``conveyor observe`` have neither column and are kept whole."""
+    if "role" in log.columns:
+        log = log.filter(pl.col("role").is_null() | (pl.col("role") != "shadow"))
+    if "status" in log.columns:
+        log = log.filter(pl.col("status").is_null() | (pl.col("status") == "ok"))
+    return log
+
+
 def check_feedback(path: str | Path, classes: Sequence[str] | None, task: str,
                    prediction_log: pl.DataFrame | None = None) -> Checked:
     """Validate the feedback table row by row; ``prediction_id`` rows are joined with the log."""
@@ -177,7 +188,7 @@ def check_feedback(path: str | Path, classes: Sequence[str] | None, task: str,
                             f"found {df.columns}")
     by_id: dict[str, str | None] = {}
     if prediction_log is not None and prediction_log.height and "prediction_id" in df.columns:
-        for pid, pred in prediction_log.select("prediction_id", "predicted").iter_rows():
+        for pid, pred in answering_predictions(prediction_log).select("prediction_id", "predicted").iter_rows():
             if pid is not None:
                 by_id[pid] = pred
     allowed = _allowed_classes(classes, task)

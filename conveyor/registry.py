@@ -4,7 +4,10 @@ Writes are atomic. Files are written into a temporary folder and moved into plac
 ``os.replace``; only then is the row committed, in the same ``BEGIN IMMEDIATE`` transaction
 that allocated the version number. A crash before the commit leaves at most an orphan folder
 (removed on the spot when the failure is an exception), never a row without files. The champion
-alias moves under the same lock, and every move is kept in the alias history.
+alias moves under the same lock, and every move is kept in the alias history. Rollouts (a
+challenger serving beside the champion before it is promoted or rolled back) are kept in the
+``rollouts`` table: at most one runs per model, and ending one moves the alias (or not) in the same
+transaction, so the alias and the rollout history always agree.
 """
 
 from __future__ import annotations
@@ -51,6 +54,21 @@ CREATE TABLE IF NOT EXISTS alias_history (
     reason TEXT NOT NULL,
     run_id TEXT
 );
+CREATE TABLE IF NOT EXISTS rollouts (
+    rollout_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    champion INTEGER NOT NULL,
+    challenger INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    ends_at TEXT NOT NULL,
+    ended_at TEXT,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    state TEXT NOT NULL,
+    metrics TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS rollouts_one_running ON rollouts (name) WHERE outcome = 'running';
 """
 
 
@@ -239,20 +257,112 @@ class Registry:
     def set_alias(self, name: str, version: int, *, alias: str = "champion", reason: str, run_id: str | None = None) -> int | None:
         """Point ``alias`` at ``version``; returns the previous version. History is kept."""
         with self._write() as con:
-            if con.execute("SELECT 1 FROM versions WHERE name=? AND version=?", (name, version)).fetchone() is None:
-                raise RegistryError(f"model {name!r} has no version {version}")
-            r = con.execute("SELECT version FROM aliases WHERE name=? AND alias=?", (name, alias)).fetchone()
-            previous = None if r is None else int(r["version"])
-            if previous == version:
-                return previous
-            at = _now()
-            con.execute(
-                "INSERT INTO aliases (name, alias, version, updated_at) VALUES (?,?,?,?) "
-                "ON CONFLICT(name, alias) DO UPDATE SET version=excluded.version, updated_at=excluded.updated_at",
-                (name, alias, version, at),
-            )
-            con.execute(
-                "INSERT INTO alias_history (name, alias, version, previous, at, reason, run_id) VALUES (?,?,?,?,?,?,?)",
-                (name, alias, version, previous, at, reason, run_id),
-            )
+            return self._move_alias(con, name, version, alias, reason, run_id)
+
+    @staticmethod
+    def _move_alias(con: sqlite3.Connection, name: str, version: int, alias: str, reason: str,
+                    run_id: str | None) -> int | None:
+        if con.execute("SELECT 1 FROM versions WHERE name=? AND version=?", (name, version)).fetchone() is None:
+            raise RegistryError(f"model {name!r} has no version {version}")
+        r = con.execute("SELECT version FROM aliases WHERE name=? AND alias=?", (name, alias)).fetchone()
+        previous = None if r is None else int(r["version"])
+        if previous == version:
+            return previous
+        at = _now()
+        con.execute(
+            "INSERT INTO aliases (name, alias, version, updated_at) VALUES (?,?,?,?) "
+            "ON CONFLICT(name, alias) DO UPDATE SET version=excluded.version, updated_at=excluded.updated_at",
+            (name, alias, version, at),
+        )
+        con.execute(
+            "INSERT INTO alias_history (name, alias, version, previous, at, reason, run_id) VALUES (?,?,?,?,?,?,?)",
+            (name, alias, version, previous, at, reason, run_id),
+        )
         return previous
+
+    # ---- rollouts -------------------------------------------------------------------------------
+    @staticmethod
+    def _rollout_row(r: sqlite3.Row) -> dict[str, Any]:
+        d = dict(r)
+        d["state"] = json.loads(d["state"])
+        d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else None
+        return d
+
+    def rollouts(self, name: str) -> list[dict[str, Any]]:
+        """Every rollout of ``name``, oldest first: id, strategy, champion, challenger, start, end, outcome
+        (running, promoted or rolled_back), reason, the last rollout state and the metrics it ended on."""
+        con = self._connect()
+        try:
+            rows = con.execute("SELECT * FROM rollouts WHERE name=? ORDER BY started_at, rowid", (name,)).fetchall()
+        finally:
+            con.close()
+        return [self._rollout_row(r) for r in rows]
+
+    def running_rollout(self, name: str) -> dict[str, Any] | None:
+        con = self._connect()
+        try:
+            r = con.execute("SELECT * FROM rollouts WHERE name=? AND outcome='running'", (name,)).fetchone()
+        finally:
+            con.close()
+        return None if r is None else self._rollout_row(r)
+
+    def begin_rollout(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
+        """Record a running rollout (``state`` is the rollout state file's content). Refused while
+        another rollout of ``name`` runs, when the champion is not ``state['champion']``, or when the
+        challenger is the champion or not registered."""
+        with self._write() as con:
+            r = con.execute("SELECT * FROM rollouts WHERE name=? AND outcome='running'", (name,)).fetchone()
+            if r is not None:
+                raise RegistryError(
+                    f"a rollout of {name!r} is already running: {r['rollout_id']} ({r['strategy']}, champion "
+                    f"v{r['champion']}, challenger v{r['challenger']}, until {r['ends_at']})")
+            for v in (state["champion"], state["challenger"]):
+                if con.execute("SELECT 1 FROM versions WHERE name=? AND version=?", (name, v)).fetchone() is None:
+                    raise RegistryError(f"model {name!r} has no version {v}")
+            a = con.execute("SELECT version FROM aliases WHERE name=? AND alias='champion'", (name,)).fetchone()
+            champion = None if a is None else int(a["version"])
+            if champion != state["champion"]:
+                raise RegistryError(f"the champion of {name!r} is v{champion}, not v{state['champion']}")
+            if state["challenger"] == champion:
+                raise RegistryError(f"v{champion} is already the champion of {name!r}: nothing to roll out")
+            con.execute(
+                "INSERT INTO rollouts (rollout_id, name, strategy, champion, challenger, started_at, ends_at, ended_at, "
+                "outcome, reason, state, metrics) VALUES (?,?,?,?,?,?,?,NULL,'running',NULL,?,NULL)",
+                (state["rollout_id"], name, state["strategy"], state["champion"], state["challenger"],
+                 state["started_at"], state["ends_at"], json.dumps(state, default=str)),
+            )
+        return self.rollout(state["rollout_id"])
+
+    def rollout(self, rollout_id: str) -> dict[str, Any]:
+        con = self._connect()
+        try:
+            r = con.execute("SELECT * FROM rollouts WHERE rollout_id=?", (rollout_id,)).fetchone()
+        finally:
+            con.close()
+        if r is None:
+            raise RegistryError(f"no rollout {rollout_id!r}")
+        return self._rollout_row(r)
+
+    def end_rollout(self, name: str, rollout_id: str, *, outcome: str, reason: str, state: dict[str, Any],
+                    metrics: dict[str, Any] | None = None, alias_to: int | None = None,
+                    alias_reason: str | None = None) -> tuple[dict[str, Any], bool]:
+        """End a running rollout and, in the same transaction, point the champion alias at
+        ``alias_to`` (the challenger when promoted; a manual rollback's target). Returns the rollout's
+        row and whether this call ended it (False: it had ended already, and nothing changed)."""
+        if outcome not in ("promoted", "rolled_back"):
+            raise ValueError(f"outcome must be promoted or rolled_back, got {outcome!r}")
+        with self._write() as con:
+            r = con.execute("SELECT * FROM rollouts WHERE rollout_id=? AND name=?", (rollout_id, name)).fetchone()
+            if r is None:
+                raise RegistryError(f"model {name!r} has no rollout {rollout_id!r}")
+            if r["outcome"] != "running":
+                return self._rollout_row(r), False
+            if alias_to is not None:
+                self._move_alias(con, name, alias_to, "champion", alias_reason or reason, None)
+            con.execute(
+                "UPDATE rollouts SET ended_at=?, outcome=?, reason=?, state=?, metrics=? WHERE rollout_id=?",
+                (state.get("updated_at") or _now(), outcome, reason, json.dumps(state, default=str),
+                 json.dumps(metrics, default=str) if metrics is not None else None, rollout_id),
+            )
+            row = self._rollout_row(con.execute("SELECT * FROM rollouts WHERE rollout_id=?", (rollout_id,)).fetchone())
+        return row, True

@@ -215,15 +215,42 @@ class GatesSpec(_Base):
         return [parse_rule(r) for r in self.rules]
 
 
+class RolloutAlerts(_Base):
+    """Limits on the challenger's live metrics during a rollout; one breach rolls it back."""
+
+    max_error_rate: float = Field(default=0.02, ge=0, le=1, description="Share of challenger answers that are errors.")
+    max_latency_p95_ms: float | None = Field(default=None, gt=0, description="Challenger p95 latency; None: no limit.")
+    max_latency_ratio: float | None = Field(
+        default=1.5, gt=0, description="Challenger p95 latency / champion p95 latency; None: no limit.")
+    max_confidence_drop: float | None = Field(
+        default=0.1, ge=0, le=1, description="Champion mean confidence minus the challenger's; None: no limit.")
+    max_disagreement: float | None = Field(
+        default=0.2, ge=0, le=1,
+        description="Shadow only: share of requests where the challenger's class differs from the champion's.")
+    min_feedback_precision: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Precision of the challenger on labelled feedback (joined by prediction_id); None: not checked.")
+    min_feedback: int = Field(default=20, ge=1, description="Labelled rows needed before the feedback precision counts.")
+    min_requests: int = Field(
+        default=20, ge=1,
+        description="Challenger answers needed to judge; fewer at the end of the window rolls back.")
+
+
 class DeploySpec(_Base):
     strategy: Literal["replace", "shadow", "canary", "blue_green"] = "replace"
     traffic: float = Field(default=1.0, gt=0, le=1, description="Share of traffic for the challenger (canary).")
     duration: str = Field(default="1h", description="How long a shadow or canary phase lasts, e.g. 30m, 1h.")
+    alerts: RolloutAlerts = Field(default_factory=RolloutAlerts)
+    sticky_header: str | None = Field(
+        default="X-Request-Key", pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
+        description="Canary: requests with the same value of this header go to the same model; None: random.")
+    check_every: str = Field(default="10s", description="How often a running rollout's live metrics are checked.")
 
-    @field_validator("duration")
+    @field_validator("duration", "check_every")
     @classmethod
-    def _dur(cls, v: str) -> str:
-        parse_duration_s(v)
+    def _dur(cls, v: str, info) -> str:
+        if parse_duration_s(v) <= 0:
+            raise ValueError(f"deploy.{info.field_name} {v!r} must be longer than 0")
         return v
 
 

@@ -18,6 +18,7 @@ from tasks.data import contracts_task, curate_task, fingerprint_task, frozen_eva
 from tasks.model import evaluate_task, train_task
 from tasks.monitor import admission_task, baseline_task, emit_events_task, observe_ingest_task
 from tasks.release import champion_task, gate_task, promote_task, publish_task, register_task
+from tasks.rollout import start_rollout_task, watch_rollout_task
 from tasks.run import close_run_task, open_run_task
 
 
@@ -40,7 +41,7 @@ def continuous_training(spec_path: str, workspace: str | None = None, trigger: s
         return _skipped(spec, run_id, trigger, reason, wsp, run_dir, admission.reason, log_path)
     try:
         with CycleGuard(ws.state(spec.name)).hold(run_id, trigger, reason):
-            summary = _cycle(spec, ws, run_id, run_dir, trigger, reason)
+            summary = _cycle(spec, ws, run_id, run_dir, trigger, reason, spec_path, workspace)
     except CycleRunning as err:
         if is_manual(trigger):
             raise  # a person asked for this run: say why it cannot start
@@ -65,12 +66,20 @@ def _cycle_events(name: str, s: dict) -> list[dict]:
                "reason": s["gate_summary"], "model_version": s["model_version"],
                "champion_version": s["champion_version"], "metrics": s["metrics"]}
     out = [events.make_event("conveyor.cycle.completed", name, payload)]
-    if s["decision"] in ("promoted", "rejected"):
+    rollout = s.get("rollout")
+    if rollout is not None:  # passed the gate; the champion moves only when the rollout is promoted
+        if rollout.get("status") == "running":
+            from conveyor.rollout import RolloutState, rollout_event
+
+            out.append(rollout_event("started", name, RolloutState.from_dict(rollout), run_id=s["run_id"],
+                                     watcher=rollout.get("watcher")))
+    elif s["decision"] in ("promoted", "rejected"):
         out.append(events.make_event(f"conveyor.model.{s['decision']}", name, payload))
     return out
 
 
-def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason: str | None) -> dict:
+def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason: str | None,
+           spec_path: str | None = None, workspace: str | None = None) -> dict:
     wsp = str(ws.root)
     source_key = fingerprint_task(spec)
     ing = ingest_task(spec, source_key, spec.section_hash("data", "curation"), wsp)
@@ -121,7 +130,17 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
         files["model.onnx"] = challenger.onnx_path
     version = register_task(spec.name, registry_root, files, trained.checkpoint_hash, challenger.metrics,
                             lineage, decision.to_dict(), run_id)
-    promotion = promote_task(spec.name, registry_root, version.version, decision, spec.deploy.strategy, run_id)
+    rollout = None
+    if decision.passed and spec.deploy.strategy != "replace" and champ is not None:
+        # a challenger against a serving champion goes through a rollout; the first model is promoted directly
+        rollout = start_rollout_task(spec, wsp, version.version)
+        if rollout["status"] == "running":
+            rollout["watcher"] = watch_rollout_task(spec.name, spec_path, workspace, rollout["rollout_id"],
+                                                    version.version)
+        champion_version, promotion_message = champ.version, rollout["message"]
+    else:
+        promotion = promote_task(spec.name, registry_root, version.version, decision, spec.deploy.strategy, run_id)
+        champion_version, promotion_message = promotion.champion_version, promotion.message
 
     summary = {
         "run_id": run_id,
@@ -139,8 +158,9 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
         "champion_metrics": champ_metrics,
         "model_version": version.version,
         "model_dir": version.artifact_dir,
-        "champion_version": promotion.champion_version,
-        "promotion": promotion.message,
+        "champion_version": champion_version,
+        "promotion": promotion_message,
+        "rollout": rollout,
         "dataset": {
             "received": ing.received, "accepted": ing.accepted, "quarantined": ing.quarantined,
             "quarantine_reasons": ing.quarantine_reasons, "quarantine_path": ing.quarantine_path,

@@ -8,6 +8,9 @@ and (depending on ``start``) start a cycle for the triggers that fired.
 * ``deployment``: also call ``run_deployment("conveyor-cycle/<name>")`` (no automation needed);
 * ``inline``: run the cycle here, as a subflow (``conveyor monitor --trigger``);
 * ``none``: evaluate and report only (``conveyor monitor``).
+
+Every run also checks the pipeline's running rollout, if any (``conveyor.rollout``): it is rolled
+back on a breached alert and promoted or rolled back at the end of its window.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from conveyor.spec import load_spec
 from conveyor.workspace import Workspace
 from tasks.data import fingerprint_task, ingest_task
 from tasks.monitor import emit_events_task, evaluate_triggers_task, observe_ingest_task
+from tasks.rollout import check_rollout_task
 
 CYCLE_FLOW = "conveyor-cycle"
 
@@ -38,9 +42,15 @@ def monitor_pipeline(spec_path: str, workspace: str | None = None,
         source_key = fingerprint_task(spec)
         ing = ingest_task(spec, source_key, spec.section_hash("data", "curation"), wsp)
         observe_ingest_task(spec, wsp, ing.manifest_path, ing.dataset_version, now)
+    # A running rollout is checked first (it may end, and a promotion changes the champion the
+    # triggers compare with): ended on a breach or at the end of its window.
+    rollout = check_rollout_task(spec, wsp, now)
+    if rollout.events:
+        emit_events_task(rollout.events, str(monitor.events_log(ws, spec.name)))
     rep = evaluate_triggers_task(spec, wsp, now)
     emit_events_task(monitor.report_events(rep), str(monitor.events_log(ws, spec.name)))
     out = rep.to_dict()
+    out["rollout"] = rollout.to_dict() if rollout.state is not None else None
     out["started"] = None
     if rep.start_cycle and start == "inline":
         from flows.cycle import continuous_training

@@ -35,7 +35,8 @@ def test_registry_list_and_rollback_without_versions(tmp_path, capsys):
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump({"name": "x", "task": "classification", "data": {"source": "d"}}))
     assert main(["registry", "list", str(p), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"name": "x", "champion": None, "versions": [], "champion_history": []}
+    assert json.loads(capsys.readouterr().out) == {"name": "x", "champion": None, "versions": [], "champion_history": [],
+                                                   "rollouts": []}
     assert main(["rollback", str(p), "--to", "1"]) == 1
     assert "has no version 1" in capsys.readouterr().err
 

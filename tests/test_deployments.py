@@ -106,7 +106,7 @@ def test_prefect_accepts_the_generated_yaml(tmp_path):
                       monitor_every="2h")
     conf = yaml.safe_load(render_prefect_yaml([spec, *EXAMPLES], ROOT))
     model = PrefectYamlModel.model_validate(conf)
-    assert len(model.deployments) == 2 + 2 + 1 + 2
+    assert len(model.deployments) == 2 + 3 + 2 + 3  # cycle, monitor (drift / performance), rollout (not replace)
 
     cycle = deployment(conf, "conveyor-cycle", "toy")
     triggers = _initialize_deployment_triggers("toy", [dict(t) for t in cycle["triggers"]])
