@@ -87,6 +87,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
                        "classification", CLASSES, cls_out, cls_axes),
         "green": _export(_classifier(torch.zeros(3, 3), torch.tensor([-4.0, 4.0, -4.0])), root / "green.onnx",
                          "classification", CLASSES, cls_out, cls_axes),
+        # 1/3 for every class: a challenger whose confidence collapses
+        "uniform": _export(_classifier(torch.zeros(3, 3), torch.zeros(3)), root / "uniform.onnx",
+                           "classification", CLASSES, cls_out, cls_axes),
         # the image's dominant colour: proves the service feeds real, normalised pixels
         "colour": _export(_classifier(torch.eye(3) * 3.0, torch.zeros(3)), root / "colour.onnx",
                           "classification", CLASSES, cls_out, cls_axes),
