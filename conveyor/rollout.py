@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,10 @@ class RolloutError(RuntimeError):
     """A rollout that cannot start or go on; the message says why."""
 
 
+STRATEGIES = ("shadow", "canary", "blue_green")
+ROLLOUT_STATUSES = ("running", "promoted", "rolled_back")
+
+
 @dataclass
 class RolloutState:
     """The content of ``rollout.json``, the contract with the inference service."""
@@ -84,8 +88,30 @@ class RolloutState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RolloutState":
-        return cls(**{f.name: d.get(f.name) for f in fields(cls)})
+    def from_dict(cls, d: Any) -> "RolloutState":
+        """Checked: a file the service cannot route by raises ValueError naming the field."""
+        if not isinstance(d, dict):
+            raise ValueError("rollout state must be a JSON object")
+        if d.get("strategy") not in STRATEGIES:
+            raise ValueError(f"strategy {d.get('strategy')!r} is not one of {STRATEGIES}")
+        if d.get("status") not in ROLLOUT_STATUSES:
+            raise ValueError(f"status {d.get('status')!r} is not one of {ROLLOUT_STATUSES}")
+        traffic = float(d.get("traffic") or 0.0)
+        if not 0.0 <= traffic <= 1.0:
+            raise ValueError(f"traffic {traffic} is outside 0..1")
+
+        def version(key: str) -> int | None:
+            v = d.get(key)
+            if v is None:
+                return None
+            if isinstance(v, bool) or int(v) != v:
+                raise ValueError(f"{key} {v!r} is not a version number")
+            return int(v)
+
+        text = {k: (None if d.get(k) is None else str(d[k]))
+                for k in ("sticky_header", "started_at", "ends_at", "reason", "updated_at")}
+        return cls(rollout_id=str(d.get("rollout_id") or ""), strategy=d["strategy"], champion=version("champion"),
+                   challenger=version("challenger"), traffic=traffic, status=d["status"], **text)
 
     @property
     def running(self) -> bool:

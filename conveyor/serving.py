@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.message import Message
 from pathlib import Path
@@ -48,6 +48,7 @@ from conveyor.feedback import BACKGROUND
 from conveyor.imageio import DecodeError, features_from_prepared, open_image, prepare_features
 from conveyor.prediction_log import PredictionLog, RequestQuarantine
 from conveyor.registry import Registry
+from conveyor.rollout import RolloutState, rollout_path
 from conveyor.utils import atomic_write_json
 from conveyor.workspace import Workspace
 
@@ -61,17 +62,10 @@ DEFAULT_STICKY_HEADER = "X-Request-Key"
 MAX_HEADER_CHARS = 200
 # conveyor.kinds.detection.SCORE_THRESHOLD, repeated so that serving does not import torch.
 SCORE_THRESHOLD = 0.5
-STRATEGIES = ("shadow", "canary", "blue_green")
-ROLLOUT_STATUSES = ("running", "promoted", "rolled_back")
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]*")
 
 
 # ---- where things live ------------------------------------------------------------------------
-def rollout_path(ws: Workspace, name: str) -> Path:
-    """The rollout controller's state, read by the service."""
-    return ws.state(name) / "rollout.json"
-
-
 def service_state_path(ws: Workspace, name: str) -> Path:
     """The service's own state, written on every poll for the rollout controller."""
     return ws.state(name) / "service.json"
@@ -314,55 +308,6 @@ class LoadedModel:
 
 
 # ---- rollout state and routing ----------------------------------------------------------------
-@dataclass(frozen=True)
-class RolloutState:
-    """``<workspace>/state/<name>/rollout.json``, as the rollout controller writes it."""
-
-    rollout_id: str
-    strategy: str
-    champion: int | None
-    challenger: int | None
-    traffic: float
-    sticky_header: str | None
-    status: str
-    started_at: str | None = None
-    ends_at: str | None = None
-    reason: str | None = None
-    updated_at: str | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.status == "running"
-
-    @classmethod
-    def from_dict(cls, d: Any) -> "RolloutState":
-        if not isinstance(d, dict):
-            raise ValueError("rollout state must be a JSON object")
-        if d.get("strategy") not in STRATEGIES:
-            raise ValueError(f"strategy {d.get('strategy')!r} is not one of {STRATEGIES}")
-        if d.get("status") not in ROLLOUT_STATUSES:
-            raise ValueError(f"status {d.get('status')!r} is not one of {ROLLOUT_STATUSES}")
-        traffic = float(d.get("traffic") or 0.0)
-        if not 0.0 <= traffic <= 1.0:
-            raise ValueError(f"traffic {traffic} is outside 0..1")
-
-        def version(key: str) -> int | None:
-            v = d.get(key)
-            if v is None:
-                return None
-            if isinstance(v, bool) or int(v) != v:
-                raise ValueError(f"{key} {v!r} is not a version number")
-            return int(v)
-
-        text = {k: (None if d.get(k) is None else str(d[k]))
-                for k in ("sticky_header", "started_at", "ends_at", "reason", "updated_at")}
-        return cls(rollout_id=str(d.get("rollout_id") or ""), strategy=d["strategy"], champion=version("champion"),
-                   challenger=version("challenger"), traffic=traffic, status=d["status"], **text)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def read_rollout(path: str | Path) -> RolloutState | None:
     """The rollout state, None without the file; ValueError for a file that cannot be used."""
     path = Path(path)
