@@ -23,7 +23,7 @@ import torch
 
 from conveyor import kinds
 from conveyor.train import load_checkpoint
-from conveyor.utils import atomic_write_json, write_parquet_atomic
+from conveyor.utils import atomic_write_json, onnx_session, write_parquet_atomic
 
 ONNX_NAME = "model.onnx"
 METRICS_NAME = "metrics.json"
@@ -116,17 +116,6 @@ def _throughput_iters(single_ms: float) -> int:
     return int(min(50, max(5, 500.0 / est_batch_ms)))
 
 
-def onnx_session(onnx_path: str | Path, num_threads: int):
-    """A CPU onnxruntime session with pinned threads and sequential execution."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(num_threads)
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
 def _time_calls(single, batched, runs: int, warmup: int, mem: "_PeakRss") -> tuple[list[float], int, float]:

@@ -49,7 +49,7 @@ from conveyor.imageio import DecodeError, features_from_prepared, open_image, pr
 from conveyor.prediction_log import PredictionLog, RequestQuarantine
 from conveyor.registry import Registry
 from conveyor.rollout import RolloutState, rollout_path
-from conveyor.utils import atomic_write_json
+from conveyor.utils import atomic_write_json, onnx_session
 from conveyor.workspace import Workspace
 
 logger = logging.getLogger("conveyor.serving")
@@ -259,20 +259,12 @@ class LoadedModel:
     """One registry version in an onnxruntime session, described by its ONNX metadata."""
 
     def __init__(self, version: int, path: str | Path, threads: int = 1):
-        import onnxruntime as ort
-
         self.version = int(version)
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"v{version}: {self.path} does not exist")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=["CPUExecutionProvider"])
+            self.session = onnx_session(self.path, threads)
         except Exception as err:  # noqa: BLE001 - any damaged or foreign file
             raise ModelLoadError(f"v{version}: onnxruntime cannot load {self.path}: {err}") from None
         meta = self.session.get_modelmeta().custom_metadata_map

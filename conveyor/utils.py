@@ -133,3 +133,17 @@ def package_versions(names: tuple[str, ...] = LINEAGE_PACKAGES) -> dict[str, str
         except metadata.PackageNotFoundError:
             out[n] = "not installed"
     return out
+
+
+def onnx_session(onnx_path: str | Path, num_threads: int):
+    """A CPU onnxruntime session with pinned threads and sequential execution (evaluation and
+    serving time the same way)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(num_threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
