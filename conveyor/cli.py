@@ -66,7 +66,12 @@ def print_summary(s: dict) -> None:
     for r in s["reasons"]:
         print(f"    [{'pass' if r['passed'] else 'FAIL'}] {r['reason']}")
     print(f"  model v{s['model_version']} ({s['model_dir']}); {s['promotion']}")
+    tr = (s.get("train") or {}).get("tracking")
+    if tr:
+        print(f"  wandb run {tr['run_id']} ({tr['mode']}): {tr.get('run_dir') or tr.get('url') or tr['project']}")
     print(f"  run folder: {s['run_dir']}")
+    if s.get("report"):
+        print(f"  gate report: {s['report']}")
 
 
 def cmd_validate(args) -> int:
@@ -175,20 +180,74 @@ def cmd_registry_list(args) -> int:
     versions = reg.list(spec.name)
     champion = reg.alias(spec.name)
     if args.json:
-        print(json.dumps({"name": spec.name, "champion": champion, "versions": [v.to_dict() for v in versions],
-                          "champion_history": reg.alias_history(spec.name), "rollouts": reg.rollouts(spec.name)},
+        reports = reg.reports(spec.name)
+        print(json.dumps({"name": spec.name, "champion": champion,
+                          "versions": [{**v.to_dict(), "report": reports.get(v.version)} for v in versions],
+                          "champion_history": reg.alias_history(spec.name), "rollouts": reg.rollouts(spec.name),
+                          "approvals": reg.approvals(spec.name)},
                          indent=2, default=str))
         return 0
     if not versions:
         print(f"{spec.name}: no registered versions yet")
         return 0
-    print(f"{'':2}{'version':>7}  {'created':25} {'gate':8} {'f1':>7} {'ece':>7} {'p95 ms':>7}  dataset")
+    # a version that waited for a reviewer shows the sign-off (pending_approval, approved, rejected)
+    signoff = {a["version"]: ("pending_approval" if a["status"] == "pending" else a["status"])
+               for a in reg.approvals(spec.name)}
+    print(f"{'':2}{'version':>7}  {'created':25} {'gate':16} {'f1':>7} {'ece':>7} {'p95 ms':>7}  dataset")
     for v in versions:
         m = v.metrics
+        word = signoff.get(v.version) or DECISION_WORDS.get(v.gate.get('decision'), '?')
         print(f"{'*' if v.is_champion else ' ':2}{'v' + str(v.version):>7}  {v.created_at:25} "
-              f"{DECISION_WORDS.get(v.gate.get('decision'), '?'):8} {_fmt(m.get('f1')):>7} {_fmt(m.get('ece')):>7} "
+              f"{word:16} {_fmt(m.get('f1')):>7} {_fmt(m.get('ece')):>7} "
               f"{_fmt(m.get('latency_p95_ms'), 3):>7}  {v.lineage.get('dataset_version', '?')}")
     print(f"* champion: v{champion}" if champion else "no champion yet")
+    for a in reg.approvals(spec.name):
+        if a["status"] == "pending":
+            print(f"  v{a['version']} waits for approval (run {a['run_id']}, since {a['requested_at']}): "
+                  f"conveyor approve {args.spec} {str(a['run_id'])[:8]} --by NAME")
+        else:
+            print(f"  v{a['version']} {a['status']} by {a['by']} at {a['decided_at']}"
+                  + (f": {a['reason']}" if a["reason"] else ""))
+    return 0
+
+
+def cmd_approve(args, status: str = "approved") -> int:
+    """`conveyor approve` / `conveyor reject`: a reviewer's decision on a version waiting for approval."""
+    from conveyor import approval
+    from conveyor.workspace import Workspace
+
+    spec = _load(args.spec)
+    ws = Workspace(spec.workspace_path(args.workspace))
+    _prepare_env(ws.root)
+    if status == "approved":
+        res = approval.approve(spec, ws, args.run, by=args.by, reason=args.reason, by_version=args.version,
+                               spec_path=str(Path(args.spec).resolve()))
+    else:
+        res = approval.reject(spec, ws, args.run, by=args.by, reason=args.reason, by_version=args.version)
+    _emit_local(ws, spec.name, res.events)
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=2, default=str))
+    else:
+        print(res.message)
+    return 0
+
+
+def cmd_reject(args) -> int:
+    return cmd_approve(args, status="rejected")
+
+
+def cmd_report(args) -> int:
+    from conveyor.report import find_run, render_report
+
+    workspace = None
+    if args.spec:
+        workspace = _load(args.spec).workspace_path(args.workspace)
+    elif args.workspace:
+        workspace = Path(args.workspace)
+    run_dir = find_run(args.run, workspace)
+    res = render_report(run_dir, out_dir=args.out, workspace=workspace)
+    print(f"rendered the gate report of {run_dir.name} in {res.seconds:.1f} s", file=sys.stderr)
+    print(res.html_path)
     return 0
 
 
@@ -411,6 +470,21 @@ def build_parser() -> argparse.ArgumentParser:
     ws(rl)
     rl.set_defaults(func=cmd_registry_list)
 
+    for verb, helptext in (("approve", "approve a version waiting for a reviewer (gates.require_approval): promote "
+                                       "it, or start its rollout"),
+                           ("reject", "reject a version waiting for a reviewer; the champion stays")):
+        ap = sub.add_parser(verb, help=helptext)
+        ap.add_argument("spec")
+        ap.add_argument("run", metavar="RUN", help="the cycle's run id or its first 8 characters (with --version: "
+                                                   "the version number)")
+        ap.add_argument("--version", action="store_true", help="RUN is a version number")
+        ap.add_argument("--by", required=True, metavar="NAME", help="who decides (recorded in the registry)")
+        ap.add_argument("--reason", required=verb == "reject", metavar="TEXT",
+                        help="why (required to reject; recorded in the registry)")
+        ap.add_argument("--json", action="store_true")
+        ws(ap)
+        ap.set_defaults(func=cmd_approve if verb == "approve" else cmd_reject)
+
     rb = sub.add_parser("rollback", help="move the champion alias back to an earlier version")
     rb.add_argument("spec")
     rb.add_argument("--to", type=int, required=True, metavar="VERSION")
@@ -471,6 +545,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how often to check the champion alias and rollout.json (default: 1.0)")
     ws(sv)
     sv.set_defaults(func=cmd_serve)
+
+    rp = sub.add_parser("report", help="render the gate report (HTML) of a past run again")
+    rp.add_argument("run", help="a run folder, or a run id (or its first 8 characters) looked up with --spec")
+    rp.add_argument("--spec", help="the pipeline's spec: run ids are looked up in its workspace's runs/")
+    rp.add_argument("--out", metavar="DIR", help="where the notebook and HTML go (default: RUN/report)")
+    ws(rp)
+    rp.set_defaults(func=cmd_report)
 
     dp = sub.add_parser("deployments", help="generate the prefect.yaml deployments of one or more specs "
                                              "(schedules, event triggers, monitors)")

@@ -53,6 +53,8 @@ class EvalResult:
     n_images: int
     latency: dict = field(default_factory=dict)
     predictions_path: str | None = None  # per-image prediction features (the monitoring baseline)
+    curves: dict = field(default_factory=dict)  # e.g. detection: precision-recall curves per class
+    classes: list = field(default_factory=list)  # class order: rows and columns of the confusion matrix
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,13 +97,37 @@ class _PeakRss:
 
 
 # ---- latency ----------------------------------------------------------------------------------
-def _summarise(times_s: list[float], thr_images: int, thr_seconds: float) -> dict[str, float]:
+LATENCY_QUANTILES = (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 100)
+LATENCY_HISTOGRAM_BINS = 30
+
+
+def latency_distribution(ms: np.ndarray) -> dict[str, Any]:
+    """The shape of the single-image timings, compact enough for metrics.json: quantiles
+    (``p0`` is the fastest call, ``p100`` the slowest) and a histogram over [fastest, p99] with the
+    calls slower than p99 counted in ``above``, so one slow outlier does not squash the bins."""
+    ms = np.asarray(ms, dtype=np.float64)
+    if ms.size == 0:
+        return {}
+    q = np.percentile(ms, LATENCY_QUANTILES)
+    lo, hi = float(ms.min()), float(q[LATENCY_QUANTILES.index(99)])
+    if hi <= lo:
+        hi = lo + 1e-3
+    counts, edges = np.histogram(ms, bins=LATENCY_HISTOGRAM_BINS, range=(lo, hi))
+    return {
+        "latency_quantiles_ms": {f"p{p}": round(float(v), 4) for p, v in zip(LATENCY_QUANTILES, q)},
+        "latency_histogram_ms": {"edges": [round(float(e), 4) for e in edges], "counts": [int(c) for c in counts],
+                                 "above": int((ms > hi).sum())},
+    }
+
+
+def _summarise(times_s: list[float], thr_images: int, thr_seconds: float) -> dict[str, Any]:
     ms = np.asarray(times_s) * 1000.0
     return {
         "latency_p50_ms": float(np.percentile(ms, 50)),
         "latency_p95_ms": float(np.percentile(ms, 95)),
         "latency_mean_ms": float(ms.mean()),
         "throughput_ips": float(thr_images / thr_seconds) if thr_seconds > 0 else 0.0,
+        **latency_distribution(ms),
     }
 
 
@@ -363,6 +389,8 @@ def evaluate(
             n_images=len(data),
             latency=latency,
             predictions_path=str(predictions_path),
+            curves=dict(getattr(scored, "curves", None) or {}),
+            classes=classes,
         )
         atomic_write_json(metrics_path, result.to_dict())
         return result

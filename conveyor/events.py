@@ -28,13 +28,16 @@ EVENTS = {
     "conveyor.performance.suppressed": "the performance trigger fired, but a cycle is running or the cool-down holds",
     "conveyor.performance.checked": "performance evaluated: ok, not enough feedback, or no feedback",
     "conveyor.cycle.skipped": "a cycle started by a trigger stopped at once: a cycle is running or the cool-down holds",
-    "conveyor.cycle.completed": "a cycle finished; payload.decision is promoted, rejected or skipped",
+    "conveyor.cycle.completed": "a cycle finished; payload.decision is promoted, rejected, skipped or pending_approval",
     "conveyor.model.promoted": "a challenger became the champion",
     "conveyor.model.rejected": "a challenger failed the gate",
     "conveyor.rollout.started": "a challenger that passed the gate started a shadow, canary or blue_green rollout",
     "conveyor.rollout.promoted": "a rollout ended with every alert holding: the challenger became the champion",
     "conveyor.rollout.rolled_back": "a rollout ended without promotion (an alert breached, too little traffic, "
                                     "the service never got ready, or a manual rollback); the champion stays",
+    "conveyor.approval.requested": "a challenger passed the gate and waits for a reviewer (gates.require_approval)",
+    "conveyor.approval.approved": "a reviewer approved a pending challenger: it is promoted or its rollout starts",
+    "conveyor.approval.rejected": "a reviewer rejected a pending challenger; the champion stays",
     "conveyor.webhook.received": "a signed webhook call was accepted (event mode of `conveyor webhook`)",
 }
 

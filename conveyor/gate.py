@@ -9,8 +9,9 @@ from typing import Any
 
 from conveyor.spec import METRIC_DIRECTIONS, Spec
 
-# How a run reports each gate decision.
-DECISION_WORDS = {"promote": "promoted", "reject": "rejected", "skip": "skipped"}
+# How a run reports each gate decision. "pending" is a challenger that passed the gate and waits for a
+# reviewer (gates.require_approval); it is the cycle's decision, never the gate's.
+DECISION_WORDS = {"promote": "promoted", "reject": "rejected", "skip": "skipped", "pending": "pending_approval"}
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 
@@ -47,6 +48,12 @@ class GateDecision:
             "summary": self.summary,
             "outcomes": [o.to_dict() for o in self.outcomes],
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GateDecision":
+        """The decision as the registry stores it (``to_dict``)."""
+        return cls(bool(d["passed"]), str(d["decision"]), [RuleOutcome(**o) for o in d.get("outcomes") or []],
+                   d.get("champion_version"), str(d.get("summary") or ""))
 
 
 def _value(metrics: dict[str, float], key: str) -> float | None:

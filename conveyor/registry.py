@@ -7,7 +7,10 @@ that allocated the version number. A crash before the commit leaves at most an o
 alias moves under the same lock, and every move is kept in the alias history. Rollouts (a
 challenger serving beside the champion before it is promoted or rolled back) are kept in the
 ``rollouts`` table: at most one runs per model, and ending one moves the alias (or not) in the same
-transaction, so the alias and the rollout history always agree.
+transaction, so the alias and the rollout history always agree. Versions that wait for a reviewer
+(``gates.require_approval``) have a row in ``approvals``; a decision updates that row and the
+version's lineage (``lineage["approval"]``) in one transaction. The gate report of each run is
+indexed under the version the run registered (or found again) in ``reports``.
 """
 
 from __future__ import annotations
@@ -69,6 +72,26 @@ CREATE TABLE IF NOT EXISTS rollouts (
     metrics TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS rollouts_one_running ON rollouts (name) WHERE outcome = 'running';
+CREATE TABLE IF NOT EXISTS reports (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (name, version, run_id)
+);
+CREATE TABLE IF NOT EXISTS approvals (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    run_id TEXT,
+    status TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    decided_at TEXT,
+    by TEXT,
+    reason TEXT,
+    outcome TEXT,
+    PRIMARY KEY (name, version)
+);
 """
 
 
@@ -280,6 +303,37 @@ class Registry:
         )
         return previous
 
+    # ---- gate reports ---------------------------------------------------------------------------
+    def add_report(self, name: str, version: int, path: str | Path, run_id: str | None = None) -> None:
+        """Record the gate report (HTML) a run rendered for ``version``; a re-render replaces the run's entry."""
+        with self._write() as con:
+            if con.execute("SELECT 1 FROM versions WHERE name=? AND version=?", (name, version)).fetchone() is None:
+                raise RegistryError(f"model {name!r} has no version {version}")
+            con.execute(
+                "INSERT INTO reports (name, version, run_id, path, created_at) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(name, version, run_id) DO UPDATE SET path=excluded.path, created_at=excluded.created_at",
+                (name, version, run_id or "", str(path), _now()),
+            )
+
+    def reports(self, name: str) -> dict[int, str]:
+        """``version -> report path`` for every version with a report: the report of the run that
+        registered the version when there is one, else the latest (a later run that found the same
+        model also renders one)."""
+        con = self._connect()
+        try:
+            rows = con.execute(
+                "SELECT r.version, r.path FROM reports r LEFT JOIN versions v ON v.name = r.name AND v.version = r.version "
+                "WHERE r.name=? ORDER BY r.version, (r.run_id = COALESCE(v.run_id, '')), r.created_at, r.rowid",
+                (name,),
+            ).fetchall()
+        finally:
+            con.close()
+        return {int(r["version"]): r["path"] for r in rows}  # the last row per version wins
+
+    def report(self, name: str, version: int) -> str | None:
+        """The gate report of ``version`` (see :meth:`reports`), or None."""
+        return self.reports(name).get(int(version))
+
     # ---- rollouts -------------------------------------------------------------------------------
     @staticmethod
     def _rollout_row(r: sqlite3.Row) -> dict[str, Any]:
@@ -366,3 +420,87 @@ class Registry:
             )
             row = self._rollout_row(con.execute("SELECT * FROM rollouts WHERE rollout_id=?", (rollout_id,)).fetchone())
         return row, True
+
+    # ---- approvals (gates.require_approval) -----------------------------------------------------
+    # One row per version that waited for a reviewer: pending, then approved or rejected with who,
+    # when and why. The decision is also written into the version's lineage (``lineage["approval"]``)
+    # in the same transaction; the version folder (``version.json``) is immutable and does not get it.
+    APPROVAL_STATUSES = ("pending", "approved", "rejected")
+
+    @staticmethod
+    def _approval_lineage(con: sqlite3.Connection, name: str, version: int, approval: dict[str, Any]) -> None:
+        r = con.execute("SELECT lineage FROM versions WHERE name=? AND version=?", (name, version)).fetchone()
+        if r is None:
+            raise RegistryError(f"model {name!r} has no version {version}")
+        lineage = json.loads(r["lineage"])
+        lineage["approval"] = approval
+        con.execute("UPDATE versions SET lineage=? WHERE name=? AND version=?",
+                    (json.dumps(lineage, default=str), name, version))
+
+    @staticmethod
+    def _approval_record(r: sqlite3.Row) -> dict[str, Any]:
+        return {"status": r["status"], "by": r["by"], "at": r["decided_at"], "reason": r["reason"],
+                "requested_at": r["requested_at"], "run_id": r["run_id"], "outcome": r["outcome"]}
+
+    def request_approval(self, name: str, version: int, run_id: str | None) -> tuple[dict[str, Any], bool]:
+        """Record that ``version`` waits for a reviewer. Returns the approval row and whether this call
+        created it (False: the version already has one, pending or decided, which is left as it is)."""
+        with self._write() as con:
+            r = con.execute("SELECT * FROM approvals WHERE name=? AND version=?", (name, version)).fetchone()
+            if r is not None:
+                return dict(r), False
+            con.execute("INSERT INTO approvals (name, version, run_id, status, requested_at) "
+                        "VALUES (?,?,?,'pending',?)", (name, version, run_id, _now()))
+            r = con.execute("SELECT * FROM approvals WHERE name=? AND version=?", (name, version)).fetchone()
+            self._approval_lineage(con, name, version, self._approval_record(r))
+        return dict(r), True
+
+    def approval(self, name: str, version: int) -> dict[str, Any] | None:
+        con = self._connect()
+        try:
+            r = con.execute("SELECT * FROM approvals WHERE name=? AND version=?", (name, version)).fetchone()
+        finally:
+            con.close()
+        return None if r is None else dict(r)
+
+    def approvals(self, name: str, status: str | None = None) -> list[dict[str, Any]]:
+        """The approval rows of ``name`` (all, or those with ``status``), by version."""
+        con = self._connect()
+        try:
+            q, args = "SELECT * FROM approvals WHERE name=?", [name]
+            if status is not None:
+                q, args = q + " AND status=?", args + [status]
+            rows = con.execute(q + " ORDER BY version", args).fetchall()
+        finally:
+            con.close()
+        return [dict(r) for r in rows]
+
+    def decide_approval(self, name: str, version: int, *, status: str, by: str,
+                        reason: str | None = None) -> dict[str, Any]:
+        """Approve or reject a pending ``version``: the approval row and the version's lineage change in
+        one transaction. Refused (RegistryError) when there is no request or it was already decided."""
+        if status not in ("approved", "rejected"):
+            raise ValueError(f"status must be approved or rejected, got {status!r}")
+        with self._write() as con:
+            r = con.execute("SELECT * FROM approvals WHERE name=? AND version=?", (name, version)).fetchone()
+            if r is None:
+                raise RegistryError(f"v{version} of {name!r} has no approval request")
+            if r["status"] != "pending":
+                why = f": {r['reason']}" if r["reason"] else ""
+                raise RegistryError(f"v{version} of {name!r} was already {r['status']} by {r['by']} at "
+                                    f"{r['decided_at']}{why}")
+            con.execute("UPDATE approvals SET status=?, by=?, reason=?, decided_at=? WHERE name=? AND version=?",
+                        (status, by, reason, _now(), name, version))
+            r = con.execute("SELECT * FROM approvals WHERE name=? AND version=?", (name, version)).fetchone()
+            self._approval_lineage(con, name, version, self._approval_record(r))
+        return dict(r)
+
+    def set_approval_outcome(self, name: str, version: int, outcome: str) -> dict[str, Any]:
+        """What an approval did (promoted, rollout started, ...), in the row and the lineage, in one transaction."""
+        with self._write() as con:
+            con.execute("UPDATE approvals SET outcome=? WHERE name=? AND version=?", (outcome, name, version))
+            r = con.execute("SELECT * FROM approvals WHERE name=? AND version=?", (name, version)).fetchone()
+            if r is None:
+                raise RegistryError(f"v{version} of {name!r} has no approval request")
+            self._approval_lineage(con, name, version, self._approval_record(r))
+        return dict(r)

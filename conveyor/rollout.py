@@ -46,7 +46,9 @@ class PromotionResult:
 
 
 def promote(registry: Registry, name: str, version: int, decision: GateDecision, strategy: str = "replace",
-            run_id: str | None = None) -> PromotionResult:
+            run_id: str | None = None, note: str | None = None) -> PromotionResult:
+    """Move the champion alias to ``version`` when ``decision`` passed; ``note`` (e.g. who approved it)
+    is added to the reason kept in the alias history."""
     current = registry.alias(name)
     if decision.decision == "skip":
         return PromotionResult("unchanged", current, current, "champion", decision.summary)
@@ -54,7 +56,8 @@ def promote(registry: Registry, name: str, version: int, decision: GateDecision,
         return PromotionResult("kept", current, current, "champion",
                                f"v{version} rejected by the gate; champion stays v{current}" if current else
                                f"v{version} rejected by the gate; there is no champion yet")
-    previous = registry.set_alias(name, version, reason=f"promoted: passed gate (deploy strategy {strategy})", run_id=run_id)
+    why = f"promoted: passed gate (deploy strategy {strategy})" + (f"; {note}" if note else "")
+    previous = registry.set_alias(name, version, reason=why, run_id=run_id)
     return PromotionResult("promoted", version, previous, "champion",
                            f"v{version} is the champion" + (f" (was v{previous})" if previous else ""))
 

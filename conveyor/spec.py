@@ -203,6 +203,10 @@ class ChampionSpec(_Base):
 class GatesSpec(_Base):
     rules: list[str] = Field(default_factory=lambda: ["f1 >= 0.92", "ece <= 0.03", "latency_p95_ms <= 25"])
     champion: ChampionSpec = Field(default_factory=ChampionSpec)
+    require_approval: bool = Field(
+        default=False,
+        description="A challenger that passes the gate waits for a reviewer (`conveyor approve` / `conveyor reject`) "
+                    "before it is promoted or its rollout starts.")
 
     @field_validator("rules")
     @classmethod

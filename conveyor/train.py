@@ -8,6 +8,7 @@ spec, seed and data give bit-identical weights and exactly equal metrics.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import math
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from conveyor import kinds
+from conveyor import kinds, tracking
 from conveyor.utils import atomic_write_bytes, code_commit, package_versions, sha256_bytes
 
 if TYPE_CHECKING:
@@ -59,6 +60,10 @@ class TrainResult:
     best_epoch: int
     train_seconds: float
     history: list[dict] = field(default_factory=list)
+    # The experiment-tracking run (conveyor.tracking): mode, run_id, project, name, run_dir (offline), url
+    # (online); None when tracking is disabled or unavailable. Not part of the checkpoint: its bytes stay
+    # a function of the spec, data and lineage alone.
+    tracking: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,12 +122,45 @@ def train(
     dataset_version: str,
     lineage: dict | None = None,
     progress: bool = False,
+    workspace: str | Path | None = None,
 ) -> TrainResult:
     """Train ``spec.train.model`` on the ``train`` rows, pick the epoch with the best val metric.
 
-    Writes ``out_dir/checkpoint.pt`` atomically and returns its path and sha256.
+    Writes ``out_dir/checkpoint.pt`` atomically and returns its path and sha256. The run is tracked
+    with wandb as the environment says (``conveyor.tracking``), under ``workspace`` (default: the
+    spec's workspace); a failed run is closed with exit code 1.
     """
     t_start = time.perf_counter()
+    run = _start_tracking(spec, list(classes), dataset_version, lineage, workspace)
+    try:
+        res = _train(spec, split_path, classes, out_dir, dataset_version=dataset_version, lineage=lineage,
+                     progress=progress, run=run, t_start=t_start)
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+    return dataclasses.replace(res, tracking=run.finish())
+
+
+def _start_tracking(spec: Spec, classes: list[str], dataset_version: str, lineage: dict | None,
+                    workspace: str | Path | None) -> tracking.TrackedRun:
+    lin = lineage or {}
+    config = {
+        "task": spec.task,
+        "train": spec.resolved_dict()["train"],
+        "classes": classes,
+        "dataset_version": dataset_version,
+        **{k: lin.get(k) for k in ("curated_version", "split_version", "eval_set_hash", "spec_hash", "trigger",
+                                  "run_id") if lin.get(k) is not None},
+        "seed": spec.train.seed,
+    }
+    run_id = lin.get("run_id")
+    return tracking.start_run(workspace if workspace is not None else spec.workspace_path(), spec.name,
+                              name=str(run_id)[:8] if run_id else None, config=config, job_type="train",
+                              tags=[spec.task])
+
+
+def _train(spec: Spec, split_path: str | Path, classes: list[str], out_dir: str | Path, *, dataset_version: str,
+           lineage: dict | None, progress: bool, run: tracking.TrackedRun, t_start: float) -> TrainResult:
     adapter = kinds.get(spec.task)
     tspec = spec.train
     classes = list(classes)
@@ -206,6 +244,7 @@ def train(
         else:
             score = float(epoch)  # no validation rows: keep the last epoch
         history.append(record)
+        run.log(record, step=epoch)
         if score >= best_score:  # ties go to the later epoch
             best_score, best_epoch = score, epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -247,13 +286,22 @@ def train(
     torch.save(checkpoint, buf)
     data = buf.getvalue()
     ckpt_path = atomic_write_bytes(out_dir / CHECKPOINT_NAME, data)
+    checkpoint_hash = sha256_bytes(data)
+    train_seconds = round(time.perf_counter() - t_start, 3)
+    best = next(r for r in history if r["epoch"] == best_epoch)
+    run.summary({**{f"best_{k}": v for k, v in best.items() if k != "epoch"}, "best_epoch": best_epoch,
+                 "epochs": tspec.epochs, "train_seconds": train_seconds,
+                 "selection_metric": checkpoint["selection_metric"]})
+    run.log_artifact(ckpt_path, f"{spec.name}-model", "model",
+                     metadata={"checkpoint_hash": checkpoint_hash, "dataset_version": dataset_version,
+                               "best_epoch": best_epoch, "model_name": tspec.model, "task": adapter.TASK})
     return TrainResult(
         checkpoint_path=str(ckpt_path),
-        checkpoint_hash=sha256_bytes(data),
+        checkpoint_hash=checkpoint_hash,
         model_name=tspec.model,
         epochs=tspec.epochs,
         best_epoch=best_epoch,
-        train_seconds=round(time.perf_counter() - t_start, 3),
+        train_seconds=train_seconds,
         history=copy.deepcopy(checkpoint["history"]),
     )
 

@@ -17,9 +17,11 @@ from conveyor.workspace import Workspace
 from tasks.data import contracts_task, curate_task, fingerprint_task, frozen_eval_task, ingest_task, split_task
 from tasks.model import evaluate_task, train_task
 from tasks.monitor import admission_task, baseline_task, emit_events_task, observe_ingest_task
-from tasks.release import champion_task, gate_task, promote_task, publish_task, register_task
-from tasks.rollout import start_rollout_task, watch_rollout_task
+from tasks.approval import request_approval_task
+from tasks.release import champion_task, gate_task, publish_task, register_task, release
+from tasks.report import report_task
 from tasks.run import close_run_task, open_run_task
+from tasks.tracking import track_artifact_task
 
 
 @flow(name="conveyor-cycle", log_prints=True)
@@ -66,6 +68,11 @@ def _cycle_events(name: str, s: dict) -> list[dict]:
                "reason": s["gate_summary"], "model_version": s["model_version"],
                "champion_version": s["champion_version"], "metrics": s["metrics"]}
     out = [events.make_event("conveyor.cycle.completed", name, payload)]
+    approval = s.get("approval")
+    if approval is not None and approval["status"] == "pending":  # nothing moves until a reviewer decides
+        from conveyor.approval import requested_event
+
+        out.append(requested_event(name, approval, s))
     rollout = s.get("rollout")
     if rollout is not None:  # passed the gate; the champion moves only when the rollout is promoted
         if rollout.get("status") == "running":
@@ -115,12 +122,12 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
 
     registry_root = str(ws.registry)
     champ = champion_task(spec.name, registry_root)
-    champ_metrics = None
+    champ_metrics = champ_metrics_path = None
     same = champ is not None and champ.model_hash == trained.checkpoint_hash
     if champ is not None and not same:
         champ_eval = evaluate_task(str(champ.file("checkpoint.pt")), champ.model_hash, spl.split_path,
                                    spl.split_version, threads, wsp, role="champion")
-        champ_metrics = champ_eval.metrics
+        champ_metrics, champ_metrics_path = champ_eval.metrics, champ_eval.metrics_path
     decision = gate_task(spec, challenger.metrics, champ_metrics, champ.version if champ else None, same)
 
     files = {"checkpoint.pt": trained.checkpoint_path, "metrics.json": challenger.metrics_path}
@@ -128,19 +135,21 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
                                trained.checkpoint_hash, wsp))
     if challenger.onnx_path:
         files["model.onnx"] = challenger.onnx_path
+    if trained.tracking:  # the wandb run of the training, for steps that attach more to it
+        lineage = {**lineage, "tracking": trained.tracking}
     version = register_task(spec.name, registry_root, files, trained.checkpoint_hash, challenger.metrics,
                             lineage, decision.to_dict(), run_id)
-    rollout = None
-    if decision.passed and spec.deploy.strategy != "replace" and champ is not None:
-        # a challenger against a serving champion goes through a rollout; the first model is promoted directly
-        rollout = start_rollout_task(spec, wsp, version.version)
-        if rollout["status"] == "running":
-            rollout["watcher"] = watch_rollout_task(spec.name, spec_path, workspace, rollout["rollout_id"],
-                                                    version.version)
-        champion_version, promotion_message = champ.version, rollout["message"]
+    approval = None
+    if decision.decision == "promote" and spec.gates.require_approval:
+        approval = request_approval_task(spec, wsp, version.version, run_id, decision.summary, challenger.metrics,
+                                         spec_path, workspace)
+    if approval is not None and approval["status"] != "approved":
+        # waits for a reviewer (or a reviewer rejected this very model before): the champion stays
+        rollout, champion_version, promotion_message = None, champ.version if champ else None, approval["message"]
     else:
-        promotion = promote_task(spec.name, registry_root, version.version, decision, spec.deploy.strategy, run_id)
-        champion_version, promotion_message = promotion.champion_version, promotion.message
+        rel = release(spec, wsp, version.version, decision, champ.version if champ else None, run_id, spec_path,
+                      workspace)
+        rollout, champion_version, promotion_message = rel["rollout"], rel["champion_version"], rel["message"]
 
     summary = {
         "run_id": run_id,
@@ -151,7 +160,7 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
         "workspace": wsp,
         "run_dir": run_dir,
         "dataset_version": ing.dataset_version,
-        "decision": DECISION_WORDS[decision.decision],
+        "decision": approval["decision"] if approval else DECISION_WORDS[decision.decision],
         "gate_summary": decision.summary,
         "reasons": [o.to_dict() for o in decision.outcomes],
         "metrics": challenger.metrics,
@@ -161,6 +170,7 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
         "champion_version": champion_version,
         "promotion": promotion_message,
         "rollout": rollout,
+        "approval": approval,
         "dataset": {
             "received": ing.received, "accepted": ing.accepted, "quarantined": ing.quarantined,
             "quarantine_reasons": ing.quarantine_reasons, "quarantine_path": ing.quarantine_path,
@@ -168,13 +178,19 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
             "annotations": ing.annotations,  # detection: box counts and box quarantine reasons
         },
         "split": {"split_version": spl.split_version, "group_by": spec.split.group_by, "counts": spl.counts,
-                  "groups": spl.groups, "per_class": spl.per_class},
+                  "groups": spl.groups, "per_class": spl.per_class, "path": spl.split_path},
+        "evaluation": {"metrics_path": challenger.metrics_path, "predictions_path": challenger.predictions_path,
+                       "champion_metrics_path": champ_metrics_path},
         "train": {"checkpoint": trained.checkpoint_path, "seconds": trained.train_seconds, "epochs": trained.epochs,
-                  "best_epoch": trained.best_epoch},
+                  "best_epoch": trained.best_epoch, "tracking": trained.tracking},
         "onnx_max_abs_diff": challenger.onnx_max_abs_diff,
         "latency": challenger.latency,
     }
     publish_task(spec.name, summary)
     close_run_task(run_dir, summary, contracts_path)
+    # last, from the finished run folder: the HTML gate report (also written into summary.json)
+    summary["report"] = report_task(spec.name, run_dir, registry_root, version.version, run_id)
+    if summary["report"] and trained.tracking:  # the report joins the training's wandb run; never fails the cycle
+        track_artifact_task(wsp, trained.tracking, summary["report"], f"{spec.name}-gate-report", "report")
     return summary
 

@@ -17,9 +17,15 @@ def train_task(spec: Spec, split_path: str, split_version: str, dataset_version:
                classes: list[str], lineage: dict, workspace: str) -> TrainResult:
     key = stable_hash([split_version, spec_key, classes, library_source_hash()])
     out_dir = Workspace(workspace).models / key
-    res = train(spec, split_path, classes, out_dir, dataset_version=dataset_version, lineage=lineage, progress=True)
+    res = train(spec, split_path, classes, out_dir, dataset_version=dataset_version, lineage=lineage, progress=True,
+                workspace=workspace)
     run_logger().info("trained %s for %d epochs in %.1f s (best epoch %d): %s", res.model_name, res.epochs,
                           res.train_seconds, res.best_epoch, res.checkpoint_path)
+    if res.tracking:
+        t = res.tracking
+        run_logger().info("tracked as wandb run %s (%s)%s", t["run_id"], t["mode"],
+                          f": {t['run_dir']} (upload with `wandb sync {t['run_dir']}`)" if t.get("run_dir") else
+                          (f": {t['url']}" if t.get("url") else ""))
     return res
 
 

@@ -42,10 +42,43 @@ def register_task(name: str, registry_root: str, files: dict[str, str], model_ha
 
 @task(name="promote", **RETRY)
 def promote_task(name: str, registry_root: str, version: int, decision: GateDecision, strategy: str,
-                 run_id: str | None) -> PromotionResult:
-    res = promote(Registry(registry_root), name, version, decision, strategy=strategy, run_id=run_id)
+                 run_id: str | None, note: str | None = None) -> PromotionResult:
+    res = promote(Registry(registry_root), name, version, decision, strategy=strategy, run_id=run_id, note=note)
     run_logger().info(res.message)
     return res
+
+
+def release(spec: Spec, workspace: str, version: int, decision: GateDecision, champion_version: int | None,
+            run_id: str | None, spec_path: str | None = None, workspace_arg: str | None = None,
+            note: str | None = None) -> dict:
+    """What follows the gate: a challenger against a serving champion goes through a rollout (shadow,
+    canary, blue_green); otherwise (``replace``, or the first model) the champion alias moves when the
+    gate passed. The cycle calls this right after registering, and ``conveyor approve`` after a reviewer
+    signs off; inside a flow each step is a task run, outside one the same functions run directly.
+
+    Returns ``{"rollout", "champion_version", "message", "promotion"}`` (``rollout``: the started rollout's
+    state, or ``status: not_started`` with the reason; ``promotion``: the PromotionResult as a dict)."""
+    from prefect.context import FlowRunContext
+
+    from tasks.rollout import start_rollout_task, watch_rollout_task
+
+    def step(t):
+        return t if FlowRunContext.get() is not None else t.fn
+
+    if decision.passed and spec.deploy.strategy != "replace" and champion_version is not None:
+        # a challenger against a serving champion goes through a rollout; the first model is promoted directly
+        rollout = step(start_rollout_task)(spec, workspace, version)
+        if rollout["status"] == "running":
+            rollout["watcher"] = step(watch_rollout_task)(spec.name, spec_path, workspace_arg, rollout["rollout_id"],
+                                                          version)
+        return {"rollout": rollout, "champion_version": champion_version, "message": rollout["message"],
+                "promotion": None}
+    from conveyor.workspace import Workspace
+
+    promotion = step(promote_task)(spec.name, str(Workspace(workspace).registry), version, decision,
+                                   spec.deploy.strategy, run_id, note)
+    return {"rollout": None, "champion_version": promotion.champion_version, "message": promotion.message,
+            "promotion": promotion.to_dict()}
 
 
 @task(name="publish-report")

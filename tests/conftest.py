@@ -8,7 +8,9 @@ import tempfile
 # Before Prefect, Great Expectations or wandb are imported anywhere.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("WANDB_MODE", "offline")
+# Experiment tracking is off in tests that do not test it (each offline run costs ~0.15 s and writes
+# files); tests/test_approval.py switches it on. CONVEYOR_TEST_WANDB_MODE=offline tracks every test.
+os.environ["WANDB_MODE"] = os.environ.get("CONVEYOR_TEST_WANDB_MODE", "disabled")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", tempfile.mkdtemp(prefix="conveyor-prefect-results-"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

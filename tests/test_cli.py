@@ -36,7 +36,7 @@ def test_registry_list_and_rollback_without_versions(tmp_path, capsys):
     p.write_text(yaml.safe_dump({"name": "x", "task": "classification", "data": {"source": "d"}}))
     assert main(["registry", "list", str(p), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"name": "x", "champion": None, "versions": [], "champion_history": [],
-                                                   "rollouts": []}
+                                                   "rollouts": [], "approvals": []}
     assert main(["rollback", str(p), "--to", "1"]) == 1
     assert "has no version 1" in capsys.readouterr().err
 

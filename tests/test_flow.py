@@ -57,14 +57,21 @@ def test_cycle_registers_caches_and_reacts_to_content(prefect_harness, tmp_path)
     assert (run_dir / "spec.yaml").exists() and (run_dir / "contracts.json").exists()
     assert json.loads((run_dir / "summary.json").read_text())["run_id"] == first["run_id"]
     assert {r["metric"] for r in first["reasons"]} == {"f1", "latency_p95_ms"}
-    assert artifact_keys(first["run_id"]) == {"toy-dataset", "toy-split", "toy-metrics", "toy-gate"}
+    assert artifact_keys(first["run_id"]) == {"toy-dataset", "toy-split", "toy-metrics", "toy-gate", "toy-report"}
     states = task_states(first["run_id"])
     assert all(s == ["Completed"] for name, s in states.items() if name in CACHED_STAGES), states
+    # the gate report: rendered last, linked as an artifact, in the summary and indexed under the version
+    report = Path(first["report"])
+    assert report == run_dir / "report" / "gate_report.html" and report.is_file()
+    page = report.read_text()
+    assert 'class="gate-table"' in page and 'alt="Reliability on' in page and "data:image/png;base64" in page
+    assert json.loads((run_dir / "summary.json").read_text())["report"] == first["report"]
+    assert Registry(ws / "registry").report("toy", 1) == first["report"]
 
     # unchanged data and spec: every stage is a cache hit and nothing new is registered
     second = continuous_training(spec_path=str(spec_path), workspace=str(ws))
     assert second["decision"] == "skipped" and second["model_version"] == 1
-    assert artifact_keys(second["run_id"]) == {"toy-dataset", "toy-split", "toy-metrics", "toy-gate"}
+    assert artifact_keys(second["run_id"]) == {"toy-dataset", "toy-split", "toy-metrics", "toy-gate", "toy-report"}
     states = task_states(second["run_id"])
     for stage in CACHED_STAGES:
         assert states[stage] == ["Cached"], (stage, states)
@@ -84,6 +91,9 @@ def test_cycle_registers_caches_and_reacts_to_content(prefect_harness, tmp_path)
     versions = Registry(ws / "registry").list("toy")
     assert [v.version for v in versions] == [1, 2]
     assert versions[1].lineage["dataset_version"] == third["dataset_version"]
+    reports = Registry(ws / "registry").reports("toy")
+    assert reports == {1: first["report"], 2: third["report"]}, "v1 keeps the report of the run that registered it"
+    assert Path(second["report"]).is_file() and second["report"] != first["report"]
 
 
 def test_failing_contract_stops_the_cycle_and_keeps_the_result(prefect_harness, tmp_path):

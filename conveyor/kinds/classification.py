@@ -350,11 +350,14 @@ def predict_proba(
 
 
 def prediction_records(outputs: torch.Tensor, image_set: ImageSet, classes: Sequence[str]) -> dict[str, list]:
-    """Per image: the predicted class and its probability (the prediction stream's features)."""
+    """Per image: the predicted class and its probability (the prediction stream's features), the
+    true class and whether the prediction is right (for reliability diagrams and error review)."""
     if len(image_set) == 0:
-        return {"id": [], "predicted": [], "confidence": []}
+        return {"id": [], "predicted": [], "confidence": [], "label": [], "correct": []}
     conf, idx = outputs.softmax(1).max(1)
-    return {"id": list(image_set.ids), "predicted": [classes[int(i)] for i in idx], "confidence": conf.tolist()}
+    targets = image_set.targets.tolist()
+    return {"id": list(image_set.ids), "predicted": [classes[int(i)] for i in idx], "confidence": conf.tolist(),
+            "label": [classes[int(t)] for t in targets], "correct": [int(i) == int(t) for i, t in zip(idx, targets)]}
 
 
 # ---- metrics ----------------------------------------------------------------------------------

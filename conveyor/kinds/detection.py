@@ -303,7 +303,8 @@ def predict(model: nn.Module, image_set: ImageSet, *, norm: Any = None, device: 
 
 def prediction_records(outputs: list[dict], image_set: ImageSet, classes: Sequence[str]) -> dict[str, list]:
     """Per image: the highest detection score (0 without detections), the detections kept at
-    ``SCORE_THRESHOLD`` and their mean side relative to the image side (None without any)."""
+    ``SCORE_THRESHOLD`` and their mean side relative to the image side (None without any), and the
+    number of ground-truth boxes (``true_objects``)."""
     side = float(image_set.images.shape[-1]) if len(image_set) else 1.0
     conf, objects, size = [], [], []
     for d in outputs:
@@ -315,7 +316,7 @@ def prediction_records(outputs: list[dict], image_set: ImageSet, classes: Sequen
         sides = ((b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)).sqrt() / side
         size.append(float(sides.mean()) if sides.numel() else None)
     return {"id": list(image_set.ids), "confidence": conf, "predicted_objects": objects,
-            "predicted_object_size": size}
+            "predicted_object_size": size, "true_objects": [float(t["labels"].numel()) for t in image_set.targets]}
 
 
 # ---- metrics ----------------------------------------------------------------------------------
@@ -324,6 +325,25 @@ class TaskMetrics:
     metrics: dict[str, float]
     per_class: dict[str, dict[str, float]]
     confusion_matrix: list[list[int]]
+    curves: dict[str, Any] = field(default_factory=dict)
+
+
+def _coco_eval(outputs: list[dict], targets: list[dict], extended: bool = False) -> dict[str, Any]:
+    """torchmetrics' MeanAveragePrecision (pycocotools backend); ``extended`` adds the precision
+    array (IoU thresholds x 101 recall points x classes x areas x max detections)."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools",
+                                  extended_summary=extended)
+    metric.update([{k: v for k, v in o.items()} for o in outputs], [dict(t) for t in targets])
+    # pycocotools prints its summary table to stdout, which must stay clean for ``--json`` output.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return metric.compute()
+
+
+def _map_values(res: dict[str, Any]) -> dict[str, float]:
+    out = {"map": float(res["map"]), "map50": float(res["map_50"])}
+    return {k: (v if v >= 0 else 0.0) for k, v in out.items()}  # -1 means "no ground truth"
 
 
 def mean_average_precision(outputs: list[dict], targets: list[dict]) -> dict[str, float]:
@@ -331,15 +351,31 @@ def mean_average_precision(outputs: list[dict], targets: list[dict]) -> dict[str
 
     Without any ground-truth box the mAP is undefined; both are then reported as 0.
     """
-    from torchmetrics.detection import MeanAveragePrecision
+    return _map_values(_coco_eval(outputs, targets))
 
-    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
-    metric.update([{k: v for k, v in o.items()} for o in outputs], [dict(t) for t in targets])
-    # pycocotools prints its summary table to stdout, which must stay clean for ``--json`` output.
-    with contextlib.redirect_stdout(io.StringIO()):
-        res = metric.compute()
-    out = {"map": float(res["map"]), "map50": float(res["map_50"])}
-    return {k: (v if v >= 0 else 0.0) for k, v in out.items()}  # -1 means "no ground truth"
+
+def class_average_precision(res: dict[str, Any], num_classes: int) -> tuple[dict[int, dict[str, float]], dict[int, list[float]]]:
+    """Per class, from an extended COCO evaluation: ``ap50`` (AP at IoU 0.5) and ``ap`` (AP over IoU
+    0.5:0.95), and the precision at the 101 COCO recall points at IoU 0.5 (all areas, 100
+    detections). Classes without ground-truth boxes are left out (COCO's -1)."""
+    prec = res.get("precision")
+    ids = res.get("classes")
+    if prec is None or ids is None:
+        return {}, {}
+    prec = np.asarray(prec, dtype=np.float64)
+    ids = [int(i) for i in np.atleast_1d(np.asarray(ids))]
+    ap: dict[int, dict[str, float]] = {}
+    curves: dict[int, list[float]] = {}
+    for k, c in enumerate(ids):
+        if not 0 <= c < num_classes or k >= prec.shape[2]:
+            continue
+        p = prec[:, :, k, 0, -1]
+        if not (p > -1).any():
+            continue
+        at50 = p[0]
+        ap[c] = {"ap50": float(at50[at50 > -1].mean()), "ap": float(p[p > -1].mean())}
+        curves[c] = [round(float(max(v, 0.0)), 4) for v in at50]
+    return ap, curves
 
 
 def precision_recall(outputs: list[dict], targets: list[dict], num_classes: int,
@@ -383,13 +419,17 @@ def epoch_metrics(outputs: list[dict], image_set: ImageSet, classes: Sequence[st
 
 
 def evaluate_outputs(outputs: list[dict], image_set: ImageSet, classes: Sequence[str]) -> TaskMetrics:
-    """``map50``, ``map``, macro and per-class ``precision`` / ``recall`` at ``SCORE_THRESHOLD``.
+    """``map50``, ``map``, macro and per-class ``precision`` / ``recall`` at ``SCORE_THRESHOLD``;
+    ``per_class`` adds each class's ``ap50`` and ``ap`` (classes with ground truth), and ``curves``
+    holds the precision-recall curve of each class at IoU 0.5 (``pr_iou50``).
 
     Macro averages run over the classes with ground-truth boxes (a class without support and
     without detections is skipped; one without support but with detections counts precision 0).
     """
     k = len(classes)
-    metrics = mean_average_precision(outputs, image_set.targets)
+    res = _coco_eval(outputs, image_set.targets, extended=True)
+    metrics = _map_values(res)
+    class_ap, pr = class_average_precision(res, k)
     tp, fp, fn, support = precision_recall(outputs, image_set.targets, k)
     per_class: dict[str, dict[str, float]] = {}
     precs, recs = [], []
@@ -397,7 +437,7 @@ def evaluate_outputs(outputs: list[dict], image_set: ImageSet, classes: Sequence
         p = tp[i] / (tp[i] + fp[i]) if (tp[i] + fp[i]) else 0.0
         r = tp[i] / (tp[i] + fn[i]) if (tp[i] + fn[i]) else 0.0
         per_class[name] = {"precision": p, "recall": r, "support": float(support[i]), "tp": float(tp[i]),
-                           "fp": float(fp[i]), "fn": float(fn[i])}
+                           "fp": float(fp[i]), "fn": float(fn[i]), **class_ap.get(i, {})}
         metrics[f"precision[{name}]"] = p
         metrics[f"recall[{name}]"] = r
         if support[i] or fp[i]:
@@ -409,7 +449,9 @@ def evaluate_outputs(outputs: list[dict], image_set: ImageSet, classes: Sequence
     for key, value in metrics.items():
         if not math.isfinite(value):
             raise ValueError(f"metric {key} is not finite ({value}); the model output is broken")
-    return TaskMetrics(metrics=metrics, per_class=per_class, confusion_matrix=[])
+    curves = {"pr_iou50": {"recall": [round(float(r), 2) for r in np.linspace(0.0, 1.0, 101)],
+                           "precision": {classes[c]: v for c, v in sorted(pr.items())}}} if pr else {}
+    return TaskMetrics(metrics=metrics, per_class=per_class, confusion_matrix=[], curves=curves)
 
 
 # ---- deployment (ONNX) ------------------------------------------------------------------------

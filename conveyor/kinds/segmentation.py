@@ -304,13 +304,19 @@ def predict(
 
 
 def prediction_records(outputs: torch.Tensor, mask_set: MaskSet, classes: Sequence[str]) -> dict[str, list]:
-    """Per image: the mean per-pixel probability of the predicted class, and the share of pixels
-    predicted as something other than class 0 (the background)."""
+    """Per image: the mean per-pixel probability of the predicted class, the share of pixels
+    predicted as something other than class 0 (the background), and the share of labelled pixels
+    predicted right (``pixel_accuracy``, None for an image without labelled pixels)."""
     if outputs.shape[0] == 0:
-        return {"id": [], "confidence": [], "predicted_foreground": []}
+        return {"id": [], "confidence": [], "predicted_foreground": [], "pixel_accuracy": []}
     conf, idx = outputs.softmax(1).max(1)
+    targets = mask_set.targets.long()
+    valid = (targets != IGNORE).flatten(1)
+    right = ((idx == targets).flatten(1) & valid).sum(1)
+    labelled = valid.sum(1)
+    accuracy = [float(r) / float(n) if int(n) else None for r, n in zip(right.tolist(), labelled.tolist())]
     return {"id": list(mask_set.ids), "confidence": conf.flatten(1).mean(1).tolist(),
-            "predicted_foreground": (idx != 0).float().flatten(1).mean(1).tolist()}
+            "predicted_foreground": (idx != 0).float().flatten(1).mean(1).tolist(), "pixel_accuracy": accuracy}
 
 
 # ---- metrics ----------------------------------------------------------------------------------
