@@ -30,7 +30,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
