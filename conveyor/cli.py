@@ -423,6 +423,42 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_labels_list(args) -> int:
+    from conveyor import labels
+    from conveyor.workspace import Workspace
+
+    spec = _load(args.spec)
+    hist = labels.history(Workspace(spec.workspace_path(args.workspace)), spec.name)
+    if args.json:
+        print(json.dumps(hist, indent=2))
+        return 0
+    if not hist:
+        print(f"{spec.name}: no label versions yet")
+    for e in hist:
+        print(f"{e['version']}  {e['created_at']}  {e['rows']} images  parent {e.get('parent') or '-'}")
+    return 0
+
+
+def cmd_labels_diff(args) -> int:
+    from conveyor import labels
+    from conveyor.workspace import Workspace
+
+    spec = _load(args.spec)
+    d = labels.diff(Workspace(spec.workspace_path(args.workspace)), spec.name, args.old, args.new)
+    if args.json:
+        print(json.dumps(d.to_dict(), indent=2))
+        return 0
+    print(f"labels {d.old} -> {d.new}: {len(d.changed)} changed, {len(d.added)} added, {len(d.removed)} removed")
+    for c in d.changed:
+        src = f" ({c['old_source']} -> {c['new_source']})" if c["old_source"] != c["new_source"] else ""
+        print(f"  ~ {c['id']}: {c['old']} -> {c['new']}{src}")
+    for a in d.added:
+        print(f"  + {a['id']}: {a['label']}")
+    for r in d.removed:
+        print(f"  - {r['id']}: {r['label']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="conveyor", description="Continuous training for computer-vision models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -443,6 +479,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reason", help="why this run was started, in words (recorded with the run)")
     ws(r)
     r.set_defaults(func=cmd_run)
+
+    lb = sub.add_parser("labels", help="label versions: list them, or show what changed between two")
+    lbsub = lb.add_subparsers(dest="labels_command", required=True)
+    ll = lbsub.add_parser("list", help="every label version, oldest first")
+    ll.add_argument("spec")
+    ll.add_argument("--json", action="store_true")
+    ws(ll)
+    ll.set_defaults(func=cmd_labels_list)
+    ld = lbsub.add_parser("diff", help="labels changed, added and removed between two versions")
+    ld.add_argument("spec")
+    ld.add_argument("old", help="a label version id (or unique prefix), or previous")
+    ld.add_argument("new", nargs="?", default="latest", help="another one (default: latest)")
+    ld.add_argument("--json", action="store_true")
+    ws(ld)
+    ld.set_defaults(func=cmd_labels_diff)
 
     mo = sub.add_parser("monitor", help="evaluate every trigger now and say why each did or did not fire")
     mo.add_argument("spec")

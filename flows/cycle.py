@@ -14,7 +14,8 @@ from conveyor.gate import DECISION_WORDS
 from conveyor.spec import load_spec
 from conveyor.utils import code_commit, package_versions, sha256_file, stable_hash
 from conveyor.workspace import Workspace
-from tasks.data import contracts_task, curate_task, fingerprint_task, frozen_eval_task, ingest_task, split_task
+from tasks.data import (contracts_task, curate_task, fingerprint_task, frozen_eval_task, ingest_task,
+                        label_version_task, split_task)
 from tasks.model import evaluate_task, train_task
 from tasks.monitor import admission_task, baseline_task, emit_events_task, observe_ingest_task
 from tasks.approval import request_approval_task
@@ -100,8 +101,10 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
     contracts_path = contracts_task(spec, ing.manifest_path, spl.split_path, ing.dataset_version, spl.split_version,
                                     spec.section_hash("data", "curation", "split"), classes, wsp, run_dir)
 
+    label_version = label_version_task(spec, wsp, ing.manifest_path, ing.dataset_version)
     lineage = {
         "dataset_version": ing.dataset_version,
+        "label_version": label_version.version,
         "manifest_hash": sha256_file(ing.manifest_path),
         "curated_version": cur.curated_version,
         "split_version": spl.split_version,
@@ -172,6 +175,7 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
         "rollout": rollout,
         "approval": approval,
         "dataset": {
+            "label_version": label_version.version,
             "received": ing.received, "accepted": ing.accepted, "quarantined": ing.quarantined,
             "quarantine_reasons": ing.quarantine_reasons, "quarantine_path": ing.quarantine_path,
             "curated": cur.kept, "removed_reasons": cur.removed_reasons, "removed_path": cur.removed_path,

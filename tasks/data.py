@@ -10,6 +10,7 @@ from prefect import task
 
 from conveyor.contracts import ContractError, ContractReport, run_contracts
 from conveyor.curate import CurateResult, curate
+from conveyor import labels
 from conveyor.ingest import IngestResult, ingest, source_fingerprint
 from conveyor.spec import Spec
 from conveyor.split import SplitResult, frozen_eval_hashes, split
@@ -76,3 +77,12 @@ def contracts_task(spec: Spec, manifest_path: str, split_path: str, dataset_vers
         raise
     run_logger().info("data contracts passed: %d suites", len(report.suites))
     return str(out)
+
+
+@task(name="label-version", **RETRY)
+def label_version_task(spec: Spec, workspace: str, manifest_path: str, dataset_version: str) -> labels.LabelVersion:
+    """The dataset's label version (a new immutable one when any label changed)."""
+    lv = labels.publish(Workspace(workspace), spec.name, pl.read_parquet(manifest_path))
+    run_logger().info("label version %s (%d images)%s", lv.version, lv.rows,
+                      f", new after {lv.parent}" if lv.created and lv.parent else (", new" if lv.created else ""))
+    return lv

@@ -91,6 +91,9 @@ def test_cycle_registers_caches_and_reacts_to_content(prefect_harness, tmp_path)
     versions = Registry(ws / "registry").list("toy")
     assert [v.version for v in versions] == [1, 2]
     assert versions[1].lineage["dataset_version"] == third["dataset_version"]
+    # the changed pixels are a new image content, so a new label version, named in the lineage
+    assert versions[1].lineage["label_version"] == third["dataset"]["label_version"]
+    assert third["dataset"]["label_version"] != first["dataset"]["label_version"]
     reports = Registry(ws / "registry").reports("toy")
     assert reports == {1: first["report"], 2: third["report"]}, "v1 keeps the report of the run that registered it"
     assert Path(second["report"]).is_file() and second["report"] != first["report"]
