@@ -102,12 +102,15 @@ def _role_metrics(rows: pl.DataFrame, role: str, version: int) -> RoleMetrics:
     return m
 
 
-def rollout_rows(ws: Workspace, name: str, since: datetime, until: datetime) -> pl.DataFrame:
-    """Service rows of the prediction log between ``since`` and ``until`` (rows without a role, such as
-    those `conveyor observe` adds, are left out)."""
+def read_log(ws: Workspace, name: str) -> pl.DataFrame:
     from conveyor.monitor import prediction_log_dir
 
-    log = feedback.read_prediction_log(prediction_log_dir(ws, name))
+    return feedback.read_prediction_log(prediction_log_dir(ws, name))
+
+
+def rollout_rows(log: pl.DataFrame, since: datetime, until: datetime) -> pl.DataFrame:
+    """Service rows of the prediction log between ``since`` and ``until`` (rows without a role, such as
+    those `conveyor observe` adds, are left out)."""
     for c, t in SERVICE_COLUMNS.items():
         log = log.with_columns(pl.col(c).cast(t) if c in log.columns else pl.lit(None, dtype=t).alias(c))
     if log.schema["timestamp"] != pl.Datetime("us", "UTC"):
@@ -115,17 +118,15 @@ def rollout_rows(ws: Workspace, name: str, since: datetime, until: datetime) -> 
     return log.filter(pl.col("role").is_not_null() & (pl.col("timestamp") >= since) & (pl.col("timestamp") <= until))
 
 
-def _feedback_precision(spec: Spec, ws: Workspace, challenger_ok: pl.DataFrame) -> tuple[int, float | None, str | None]:
+def _feedback_precision(spec: Spec, log: pl.DataFrame,
+                        challenger_ok: pl.DataFrame) -> tuple[int, float | None, str | None]:
     perf = spec.triggers.performance
     if perf is None:
         return 0, None, "no feedback table (triggers.performance.feedback is not set)"
     path = spec.resolve_path(perf.feedback)
     if not path.is_file():
         return 0, None, f"no feedback yet: {path} does not exist"
-    from conveyor.monitor import prediction_log_dir
-
-    checked = feedback.check_feedback(path, spec.data.classes, spec.task,
-                                      feedback.read_prediction_log(prediction_log_dir(ws, spec.name)))
+    checked = feedback.check_feedback(path, spec.data.classes, spec.task, log)
     labelled = checked.accepted.filter(pl.col("prediction_id").is_not_null()).select("prediction_id", "label")
     answers = challenger_ok.filter(pl.col("prediction_id").is_not_null() & pl.col("predicted").is_not_null())
     joined = labelled.join(answers.select("prediction_id", "predicted").unique("prediction_id"), on="prediction_id")
@@ -140,7 +141,8 @@ def live_metrics(ws: Workspace, spec: Spec, state: "RolloutState", now: datetime
 
     now = as_utc(now or utcnow())
     since = as_utc(state.started_at)
-    rows = rollout_rows(ws, spec.name, since, now)
+    log = read_log(ws, spec.name)  # read once: the live rows and the feedback join both use it
+    rows = rollout_rows(log, since, now)
     champ_rows = rows.filter((pl.col("role") == "champion") & (pl.col("model_version") == state.champion))
     chall_rows = rows.filter(pl.col("role").is_in(["challenger", "shadow"]) & (pl.col("model_version") == state.challenger))
     out = LiveMetrics(state.rollout_id, since.isoformat(), now.isoformat(),
@@ -156,7 +158,7 @@ def live_metrics(ws: Workspace, spec: Spec, state: "RolloutState", now: datetime
         if pairs.height:
             out.disagreement = float(pairs.select(pl.col("predicted").ne_missing(pl.col("shadow_predicted")).mean()).item())
     out.feedback_labelled, out.feedback_precision, out.feedback_note = _feedback_precision(
-        spec, ws, chall_rows.filter(ok))
+        spec, log, chall_rows.filter(ok))
     out.registry_champion = Registry(ws.registry).alias(spec.name)
     out.service = read_service(ws, spec.name)
     if out.service is not None:

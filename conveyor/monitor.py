@@ -185,10 +185,11 @@ def evaluate_triggers(spec: Spec, ws: Workspace, now: datetime | None = None) ->
                                        "reason": "not declared in the spec (triggers.performance)"}
 
     if trig.schedule is not None:
+        nxt = next_cron(trig.schedule, now)
         rep.triggers["schedule"] = {"status": "scheduled", "fired": False, "cron": trig.schedule.cron,
-                                    "timezone": trig.schedule.timezone, "next_run": next_cron(trig.schedule, now),
+                                    "timezone": trig.schedule.timezone, "next_run": nxt,
                                     "reason": f"runs on the deployment's schedule ({trig.schedule.cron}, "
-                                              f"{trig.schedule.timezone}); next at {next_cron(trig.schedule, now)}"}
+                                              f"{trig.schedule.timezone}); next at {nxt}"}
     else:
         rep.triggers["schedule"] = {"status": "off", "fired": False, "reason": "no triggers.schedule in the spec"}
     rep.triggers["webhook"] = {
