@@ -459,6 +459,81 @@ def cmd_labels_diff(args) -> int:
     return 0
 
 
+def cmd_review_queue(args) -> int:
+    from conveyor import review
+    from conveyor.ingest import ingest
+    from conveyor.workspace import Workspace
+
+    spec = _load(args.spec)
+    ws = Workspace(spec.workspace_path(args.workspace))
+    ing = ingest(spec, ws.datasets, progress=not args.json)
+    champion, challenger = review.model_refs(ws.registry, spec.name)
+    res = review.label_stage(spec, ws, ing.manifest_path, ing.dataset_version, ing.classes, champion, challenger,
+                             progress=not args.json)
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=2, default=str))
+        return 0
+    print(f"{spec.name}: labels by source {res.by_source}; {res.auto_labeled} auto-labelled "
+          f"(threshold {spec.labeling.auto_label_threshold}); champion "
+          f"{'v%d' % champion.version if champion else 'none (no pre-annotations, diversity only)'}")
+    for kind, info in res.pool.items():
+        if isinstance(info, dict):
+            print(f"  pool {kind}: {info['accepted']} of {info['received']} images accepted, "
+                  f"{info['quarantined']} quarantined {info['quarantine_reasons'] or ''}")
+    if res.queue:
+        print(f"review queue: {res.queued} images ({res.selection.get('taken', {})})")
+        print(f"  Label Studio tasks: {res.queue['tasks']}\n  labelling config:   {res.queue['config']}\n"
+              f"  CSV:                {res.queue['csv']}")
+    else:
+        print("review queue: empty (no images without labels need a person)")
+    return 0
+
+
+def cmd_review_import(args) -> int:
+    from conveyor import review
+    from conveyor.workspace import Workspace
+
+    spec = _load(args.spec)
+    res = review.import_review(spec, Workspace(spec.workspace_path(args.workspace)), args.file)
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=2))
+    else:
+        print(f"{res.file}: {res.received} received, {res.accepted} accepted, {res.quarantined} quarantined"
+              + (f" {res.quarantine_reasons}" if res.quarantined else ""))
+        if res.quarantined:
+            import polars as pl
+
+            q = pl.read_parquet(res.quarantine_path)
+            for r in q.head(20).iter_rows(named=True):
+                print(f"  ! row {r['row']} task {r['task_id'] or '-'} {r['field']}: {r['reason']}: {r['detail']}")
+            if q.height > 20:
+                print(f"  ... {q.height - 20} more in {res.quarantine_path}")
+        if res.already_imported:
+            print(f"already imported (import {res.import_id}); label version {res.label_version} unchanged")
+        elif res.label_version and res.label_version != res.parent_version:
+            print(f"new label version {res.label_version} (parent {res.parent_version or '-'}): "
+                  f"{res.changed} changed, {res.added} added; the next cycle trains on it")
+        else:
+            print("no new label version (nothing accepted)")
+    return 0 if res.accepted or not res.quarantined else 1
+
+
+def cmd_review_status(args) -> int:
+    from conveyor import review
+    from conveyor.workspace import Workspace
+
+    spec = _load(args.spec)
+    st = review.status(Workspace(spec.workspace_path(args.workspace)), spec.name)
+    if args.json:
+        print(json.dumps(st, indent=2, default=str))
+        return 0
+    q = st["queue"]
+    print(f"{spec.name}: queue " + (f"{q['count']} images, {q['tasks']}" if q else "not built yet"))
+    print(f"  {st['reviewed_images']} reviewed images from {len(st['imports'])} import(s); "
+          f"{len(st['label_versions'])} label version(s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="conveyor", description="Continuous training for computer-vision models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -494,6 +569,25 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--json", action="store_true")
     ws(ld)
     ld.set_defaults(func=cmd_labels_diff)
+
+    rv = sub.add_parser("review", help="the human review queue: build it, import a reviewed export, status")
+    rvsub = rv.add_subparsers(dest="review_command", required=True)
+    rq = rvsub.add_parser("queue", help="ingest, auto-label and write the review queue now (no training)")
+    rq.add_argument("spec")
+    rq.add_argument("--json", action="store_true")
+    ws(rq)
+    rq.set_defaults(func=cmd_review_queue)
+    ri = rvsub.add_parser("import", help="read a reviewed export (Label Studio JSON or the queue CSV) back")
+    ri.add_argument("spec")
+    ri.add_argument("file", help="Label Studio JSON export or the edited queue.csv")
+    ri.add_argument("--json", action="store_true")
+    ws(ri)
+    ri.set_defaults(func=cmd_review_import)
+    rs = rvsub.add_parser("status", help="the latest queue, imports and label versions")
+    rs.add_argument("spec")
+    rs.add_argument("--json", action="store_true")
+    ws(rs)
+    rs.set_defaults(func=cmd_review_status)
 
     mo = sub.add_parser("monitor", help="evaluate every trigger now and say why each did or did not fire")
     mo.add_argument("spec")

@@ -201,6 +201,7 @@ def contract_params(spec: Spec, classes: list[str], now: datetime | None = None)
         "nonempty_splits": [s for s in SPLITS if ratios.get(s, 0) > 0],
         "near_duplicate_max_distance": int(spec.curation.near_duplicates.max_distance),
         "task": spec.task,
+        "eval_label_sources": ["human", "review", "feedback"],
     }
 
 
@@ -445,6 +446,17 @@ def split_groups_frame(split: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def split_label_sources_frame(split: pl.DataFrame, eval_splits: list[str]) -> pl.DataFrame:
+    """Distinct (split, label_source) rows with the number of images; ``eval_label_source`` repeats
+    the source for val/test rows (null for train, where every source is allowed)."""
+    return (
+        split.group_by(["split", "label_source"]).agg(pl.len().alias("n_images"))
+        .with_columns(pl.when(pl.col("split").is_in(eval_splits)).then(pl.col("label_source"))
+                      .otherwise(None).alias("eval_label_source"))
+        .sort(["split", "label_source"], nulls_last=True)
+    )
+
+
 def split_duplicates_frame(split: pl.DataFrame) -> pl.DataFrame:
     """Distinct (content_hash, split) rows with the number of images and a few of their ids."""
     return (
@@ -546,6 +558,9 @@ def validate_split(
     outcomes = [v.run(frame_suite, split, params, contracts_dir, example_columns=["id", "split"])]
     if _has(split, "group", "split"):
         outcomes.append(v.run("split_groups", split_groups_frame(split), params, contracts_dir))
+    if _has(split, "label_source", "split"):  # machine labels never in val / test
+        frame = split_label_sources_frame(split, list(params.get("eval_splits", EVAL_SPLITS)))
+        outcomes.append(v.run("split_label_sources", frame, params, contracts_dir, table_examples=True))
     if _has(split, "content_hash", "split", "id"):
         outcomes.append(v.run("split_duplicates", split_duplicates_frame(split), params, contracts_dir))
     if _has(split, "phash", "split", "id"):

@@ -22,7 +22,8 @@ For ``label_conflict`` rows ``duplicate_of`` names the group's first-ranked memb
 member itself), so a person can find the whole group.
 
 Which row is kept (deterministic): rows whose ``content_hash`` is in ``prefer`` (the frozen
-evaluation set) first, then the earliest ``captured_at`` (nulls last), then the smallest ``id``.
+evaluation set) first, then labels a person gave over feedback over machine labels
+(``label_source``), then the earliest ``captured_at`` (nulls last), then the smallest ``id``.
 """
 
 from __future__ import annotations
@@ -127,9 +128,14 @@ def curate(
     dup_of: list[str | None] = [None] * n
     distance: list[int | None] = [None] * n
 
+    # labels a person gave are kept over machine labels (conveyor.review.LABEL_SOURCES order)
+    trust = {"human": 0, "review": 0, "feedback": 1, "machine": 2}
+    sources = df.get_column("label_source").to_list() if "label_source" in df.columns else [None] * n
+
     def rank(i: int) -> tuple:
         t = times[i]
-        return (chashes[i] not in prefer, t is None, t.timestamp() if t is not None else 0.0, ids[i])
+        return (chashes[i] not in prefer, trust.get(sources[i], 0), t is None, t.timestamp() if t is not None else 0.0,
+                ids[i])
 
     # 1. privacy
     pv = cur.privacy

@@ -290,8 +290,12 @@ def _source_kind(spec: Spec) -> tuple[Path, str]:
     return src, fmt
 
 
-def _collect(spec: Spec) -> _Collected:
+def _collect(spec: Spec, unlabeled: bool = False) -> _Collected:
     src, fmt = _source_kind(spec)
+    if unlabeled:  # images without labels (labeling.unlabeled): a folder at any depth, or a manifest
+        if fmt not in ("folder", "manifest"):
+            raise IngestError(f"images without labels come as a folder or a manifest, not data.format {fmt!r}")
+        return _collect_folder(spec, src, labeled=False) if fmt == "folder" else _collect_manifest(spec, src, False)
     if fmt == "masks":
         return masks.collect(spec, src)
     if fmt in ("coco", "yolo"):
@@ -301,7 +305,8 @@ def _collect(spec: Spec) -> _Collected:
     return _collect_folder(spec, src) if fmt == "folder" else _collect_manifest(spec, src)
 
 
-def _collect_folder(spec: Spec, src: Path) -> _Collected:
+def _collect_folder(spec: Spec, src: Path, labeled: bool = True) -> _Collected:
+    """``<root>/<class>/<image>``; ``labeled=False``: every image below the root, without a label."""
     root = os.path.realpath(src)
     items: list[_Item] = []
     bad: list[_Quarantined] = []
@@ -316,7 +321,7 @@ def _collect_folder(spec: Spec, src: Path) -> _Collected:
         for e in entries:
             if e.name.startswith("."):
                 continue
-            rel = f"{rel_dir}/{e.name}"
+            rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
             it = _Item(rel, rel, None, label=label, norm_path=os.path.join(dir_real, e.name))
             if e.is_symlink():
                 target = os.path.realpath(it.norm_path)
@@ -341,7 +346,10 @@ def _collect_folder(spec: Spec, src: Path) -> _Collected:
                 items.append(it)
 
     class_dirs = 0
-    for e in sorted(os.scandir(root), key=lambda e: e.name):
+    if not labeled:
+        walk(root, "", None, {root})
+        class_dirs = 1
+    for e in (sorted(os.scandir(root), key=lambda e: e.name) if labeled else []):
         if e.name.startswith(".") or not e.is_dir():  # follows symlinks; top-level files are not items
             continue
         class_dirs += 1
@@ -371,12 +379,13 @@ def _collect_folder(spec: Spec, src: Path) -> _Collected:
                 continue
             key = Path(os.path.normpath(str(p))).as_posix()
             meta.setdefault(key, (cols[0][i], cols[1][i], cols[2][i]))
+        items = [it for it in items if it.rel_path != sidecar.name]  # the sidecar is no image
         for it in items:
             m = meta.get(it.rel_path or "")
             if m is not None:
                 it.camera, it.scene, it.captured_at = _text(m[0]), _text(m[1]), m[2]
     received = len(items) + len(bad)
-    cands, more_bad = _check_metadata(spec, items)
+    cands, more_bad = _check_metadata(spec, items, labels=labeled)
     return _Collected(root, "folder", cands, bad + more_bad, received, meta_files)
 
 
@@ -403,10 +412,10 @@ def _check_metadata(spec: Spec, items: list[_Item], labels: bool = True) -> tupl
     return ok, bad
 
 
-def _collect_manifest(spec: Spec, src: Path) -> _Collected:
+def _collect_manifest(spec: Spec, src: Path, labeled: bool = True) -> _Collected:
     manifest = src.resolve()
     df = _read_table(manifest, "manifest")
-    missing = [c for c in ("path", "label") if c not in df.columns]
+    missing = [c for c in (("path", "label") if labeled else ("path",)) if c not in df.columns]
     if missing:
         raise IngestError(
             f"manifest {manifest} lacks the required column(s) {', '.join(repr(c) for c in missing)}; "
@@ -416,7 +425,7 @@ def _collect_manifest(spec: Spec, src: Path) -> _Collected:
         raise IngestError(f"manifest {manifest} has no rows")
     root = os.path.realpath(manifest.parent)
     paths = _column(df, "path")
-    labels = _column(df, "label")
+    labels = _column(df, "label") if labeled else [None] * df.height
     cams, scenes, times = (_column(df, c) for c in META_COLUMNS)
     items: list[_Item] = []
     bad: list[_Quarantined] = []
@@ -450,7 +459,7 @@ def _collect_manifest(spec: Spec, src: Path) -> _Collected:
             continue
         it.real_path = os.path.join(real_parent, name)  # a symlinked file is resolved when opened
         items.append(it)
-    cands, more_bad = _check_metadata(spec, items)
+    cands, more_bad = _check_metadata(spec, items, labels=labeled)
     return _Collected(root, "manifest", cands, bad + more_bad, df.height, [manifest])
 
 
@@ -562,15 +571,18 @@ def _decode_chunk(items: list[_Item], *, root: str, max_bytes: int, max_pixels: 
 # ---- ingest ---------------------------------------------------------------------------------------
 
 
-def ingest(spec: Spec, out_root: Path, progress: bool = False) -> IngestResult:
-    """Validate and describe every image of ``spec.data.source``; write the dataset version."""
+def ingest(spec: Spec, out_root: Path, progress: bool = False, unlabeled: bool = False) -> IngestResult:
+    """Validate and describe every image of ``spec.data.source``; write the dataset version.
+
+    ``unlabeled``: the source is a folder (any depth) or a manifest of images without labels
+    (the ``label`` column stays empty); everything else, quarantine included, is the same."""
     d = spec.data
     nd = spec.curation.near_duplicates
     try:
         imageio.check_hash_settings(nd.hash, nd.hash_size)
     except ValueError as err:
         raise IngestError(f"curation.near_duplicates: {err}") from None
-    col = _collect(spec)
+    col = _collect(spec, unlabeled)
     root = col.root
     quarantined: list[_Quarantined] = list(col.quarantined)
     max_bytes = int(d.max_file_mb * 2**20)
@@ -662,9 +674,10 @@ def ingest(spec: Spec, out_root: Path, progress: bool = False) -> IngestResult:
     if boxes is not None:
         manifest = boxes.manifest
     qdf = _quarantine_frame(quarantined)
-    version = _dataset_version(manifest, qdf, root, spec, extra=boxes.digest if boxes is not None else "")
+    version = _dataset_version(manifest, qdf, root, spec, extra=boxes.digest if boxes is not None else "",
+                               unlabeled=unlabeled)
     reasons = dict(sorted(Counter(q.reason for q in quarantined).items()))
-    classes = list(d.classes) if d.classes is not None else sorted(set(manifest.get_column("label").to_list()))
+    classes = list(d.classes) if d.classes is not None else sorted(set(manifest.get_column("label").drop_nulls().to_list()))
     if boxes is not None:
         classes = boxes.classes
     received = col.received
@@ -774,7 +787,8 @@ def rows_digest(h: "hashlib._Hash", df: pl.DataFrame, cols: list[str]) -> None:
     h.update("\x1e".join(rows).encode())
 
 
-def _dataset_version(manifest: pl.DataFrame, qdf: pl.DataFrame, root: str, spec: Spec, extra: str = "") -> str:
+def _dataset_version(manifest: pl.DataFrame, qdf: pl.DataFrame, root: str, spec: Spec, extra: str = "",
+                     unlabeled: bool = False) -> str:
     """16 hex of sha256 over the sorted accepted (id, content_hash, label, camera, scene,
     captured_at), the sorted quarantine (path, reason), the data root and the hash settings
     (the manifest stores absolute paths and perceptual hashes, so those belong to the version).
@@ -786,6 +800,8 @@ def _dataset_version(manifest: pl.DataFrame, qdf: pl.DataFrame, root: str, spec:
         "hash": spec.curation.near_duplicates.hash,
         "hash_size": spec.curation.near_duplicates.hash_size,
     }
+    if unlabeled:
+        settings["unlabeled"] = True
     h.update(json.dumps(settings, sort_keys=True).encode())
     h.update(b"\0accepted\0")
     rows_digest(h, manifest.sort("id"), ["id", "content_hash", "label", "camera", "scene", "captured_at"])
@@ -809,11 +825,11 @@ def _write_version(out_root: Path, version: str, manifest: pl.DataFrame, qdf: pl
 # ---- fingerprint --------------------------------------------------------------------------------
 
 
-def source_fingerprint(spec: Spec) -> str:
+def source_fingerprint(spec: Spec, unlabeled: bool = False) -> str:
     """A content key of the source for caching: sha256 over the sorted (relative path, sha256 of
     the bytes) of every file ingest would read, plus the manifest / sidecar bytes. Changes when one
     image's bytes change under the same path; does not decode anything."""
-    col = _collect(spec)
+    col = _collect(spec, unlabeled)
     root = col.root
     max_bytes = int(spec.data.max_file_mb * 2**20)
 

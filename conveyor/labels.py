@@ -86,7 +86,13 @@ def history(ws: Workspace, name: str) -> list[dict[str, Any]]:
 
 def publish(ws: Workspace, name: str, manifest: pl.DataFrame) -> LabelVersion:
     """The label version of a manifest; written (with an index entry) the first time it appears."""
-    table = label_table(manifest)
+    return publish_table(ws, name, label_table(manifest))
+
+
+def publish_table(ws: Workspace, name: str, table: pl.DataFrame) -> LabelVersion:
+    """Publish a label table (``LABEL_SCHEMA`` rows) as a version, like :func:`publish`."""
+    table = table.select(list(LABEL_SCHEMA)).sort("content_hash", "id").unique("content_hash", keep="first",
+                                                                                maintain_order=True)
     version = _version_id(table)
     ldir = labels_dir(ws, name)
     path = ldir / f"{version}.parquet"
@@ -99,6 +105,29 @@ def publish(ws: Workspace, name: str, manifest: pl.DataFrame) -> LabelVersion:
     append_log(ldir / INDEX, {"version": version, "parent": parent, "rows": table.height,
                               "created_at": datetime.now(timezone.utc).isoformat()})
     return LabelVersion(version, str(path), table.height, parent, True)
+
+
+def apply_reviews(ws: Workspace, name: str, reviewed: pl.DataFrame, task: str) -> tuple[LabelVersion, int, int]:
+    """The latest label version with reviewed labels applied (source ``review``), published as a new
+    version; returns it with the number of images added and changed. ``reviewed`` has the columns
+    content_hash, id and label (classification), boxes (detection, JSON) or mask_hash (segmentation)."""
+    past = history(ws, name)
+    base = (pl.read_parquet(labels_dir(ws, name) / f"{past[-1]['version']}.parquet") if past
+            else pl.DataFrame(schema=LABEL_SCHEMA))
+    if task == "detection":
+        label = [_boxes_digest(json.loads(b) if b is not None else []) for b in reviewed["boxes"].to_list()]
+    elif task == "segmentation":
+        label = reviewed["mask_hash"].to_list()
+    else:
+        label = reviewed["label"].to_list()
+    new = pl.DataFrame({"content_hash": reviewed["content_hash"], "id": reviewed["id"],
+                        "label": pl.Series(label, dtype=pl.String), "source": ["review"] * reviewed.height},
+                       schema=LABEL_SCHEMA)
+    before = dict(zip(base["content_hash"].to_list(), base["label"].to_list()))
+    added = sum(1 for h in new["content_hash"].to_list() if h not in before)
+    changed = sum(1 for h, lab in zip(new["content_hash"].to_list(), label) if h in before and before[h] != lab)
+    table = pl.concat([new, base.filter(~pl.col("content_hash").is_in(new["content_hash"].to_list()))])
+    return publish_table(ws, name, table), added, changed
 
 
 def resolve(ws: Workspace, name: str, ref: str) -> str:

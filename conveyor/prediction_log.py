@@ -39,6 +39,7 @@ LOG_SCHEMA: dict[str, pl.DataType] = {
     "model_version": pl.Int64(), "role": pl.String(), "latency_ms": pl.Float64(), "status": pl.String(),
     "error": pl.String(), "request_key": pl.String(),
     **{s: pl.Float64() for s in IMAGE_STATS}, "width": pl.Int64(), "height": pl.Int64(),
+    "capture": pl.String(),  # the kept image, relative to monitoring/<name>/captures (None: not kept)
 }
 QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "request_id": pl.String(), "timestamp": pl.Datetime("us", "UTC"), "reason": pl.String(),

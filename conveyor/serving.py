@@ -147,8 +147,10 @@ def extract_upload(body: bytes, content_type: str | None, field_name: str = "fil
 class DecodedRequest:
     """One request's image, decoded once: RGB pixels, image statistics, model inputs per side."""
 
-    def __init__(self, image, stats: dict[str, float]):
+    def __init__(self, image, stats: dict[str, float], fmt: str | None = None):
         self.image = image
+        self.format = fmt
+        self.capture: str | None = None  # where the service kept the image (relative to the captures folder)
         self.width, self.height = image.size
         self.stats = stats
         self._inputs: dict[int, np.ndarray] = {}
@@ -178,8 +180,39 @@ def image_stats(image) -> dict[str, float]:
 
 def decode_request(data: bytes, max_pixels: int, name: str = "<request>") -> DecodedRequest:
     """Decode request bytes safely (raises :class:`conveyor.imageio.DecodeError`)."""
-    image = open_image(data, max_pixels=max_pixels, name=name).image
-    return DecodedRequest(image, image_stats(image))
+    opened = open_image(data, max_pixels=max_pixels, name=name)
+    return DecodedRequest(opened.image, image_stats(opened.image), opened.format)
+
+
+# ---- captured images --------------------------------------------------------------------------
+_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif"}
+
+
+def captures_dir(ws: Workspace, name: str) -> Path:
+    """Images the service kept, content-addressed: ``<sha256[:2]>/<sha256>.<ext>``."""
+    return ws.root / "monitoring" / name / "captures"
+
+
+def should_capture(request_id: str, share: float) -> bool:
+    """Whether to keep a request's image: a stable draw from the request id (same id, same answer)."""
+    if share <= 0:
+        return False
+    if share >= 1:
+        return True
+    return int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+
+
+def capture_image(root: Path, data: bytes, fmt: str | None) -> str:
+    """Keep the request's bytes once per content; returns the path relative to ``root``."""
+    digest = hashlib.sha256(data).hexdigest()
+    rel = f"{digest[:2]}/{digest}{_EXTENSIONS.get((fmt or '').upper(), '.img')}"
+    path = root / rel
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return rel
 
 
 # ---- models -----------------------------------------------------------------------------------
@@ -441,6 +474,8 @@ class InferenceService:
         self.quarantine = RequestQuarantine(self.ws, self.name, self.config.flush_rows, self.config.flush_s)
         self.rollout_path = rollout_path(self.ws, self.name)
         self.state_path = service_state_path(self.ws, self.name)
+        self.captures = captures_dir(self.ws, self.name)
+        self.capture_share = spec.deploy.capture
         self._routing = Routing()
         self._models: dict[int, LoadedModel] = {}
         self._load_errors: dict[int, str] = {}
@@ -623,6 +658,11 @@ class InferenceService:
             decoded = decode_request(data, self.spec.data.max_pixels, name=f"request {ctx.request_id}")
         except DecodeError as err:
             raise self.reject(ctx, RequestError(400, err.reason, err.detail, len(data))) from None
+        if should_capture(ctx.request_id, self.capture_share):
+            try:
+                decoded.capture = capture_image(self.captures, data, decoded.format)
+            except OSError as err:  # a full disk costs the capture, never the answer
+                logger.warning("could not keep the image of request %s: %s", ctx.request_id, err)
         key = header(ctx.headers, routing.sticky_header)
         key = key[:MAX_HEADER_CHARS] if key else None
         model, role, shadow = route(routing, key, self._rng)
@@ -677,5 +717,5 @@ class InferenceService:
             "predicted_foreground": features.get("predicted_foreground"),
             "model_version": model.version, "role": role, "latency_ms": latency_s * 1000.0, "status": status,
             "error": None if error is None else f"{type(error).__name__}: {error}"[:500], "request_key": key,
-            **decoded.stats, "width": decoded.width, "height": decoded.height,
+            **decoded.stats, "width": decoded.width, "height": decoded.height, "capture": decoded.capture,
         })

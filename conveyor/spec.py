@@ -249,6 +249,10 @@ class DeploySpec(_Base):
         default="X-Request-Key", pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
         description="Canary: requests with the same value of this header go to the same model; None: random.")
     check_every: str = Field(default="10s", description="How often a running rollout's live metrics are checked.")
+    capture: float = Field(
+        default=1.0, ge=0, le=1,
+        description="Share of answered requests whose image the service keeps (content-addressed) so that "
+                    "feedback and hard cases can reach training; 0: none.")
 
     @field_validator("duration", "check_every")
     @classmethod
@@ -366,6 +370,69 @@ class TriggersSpec(_Base):
     _d = field_validator("cooldown", "monitor_every")(classmethod(lambda cls, v: _duration(v)))
 
 
+STRATEGIES = ("uncertainty", "disagreement", "rare", "diversity")
+
+
+class HardCaseMix(_Base):
+    """Shares of the review budget per strategy; an unfilled share passes to the next strategy."""
+
+    uncertainty: float = Field(default=0.5, ge=0, le=1, description="Images the champion is least sure about.")
+    disagreement: float = Field(default=0.2, ge=0, le=1,
+                                description="Images where the champion and the latest challenger disagree.")
+    rare: float = Field(default=0.15, ge=0, le=1, description="Images predicted as a new or rare class.")
+    diversity: float = Field(default=0.15, ge=0, le=1,
+                             description="A spread of the rest (near-duplicates collapsed), so the queue is not "
+                                         "all one corner of the data.")
+
+    @model_validator(mode="after")
+    def _sum(self) -> "HardCaseMix":
+        total = self.uncertainty + self.disagreement + self.rare + self.diversity
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"labeling.mix must sum to 1.0, got {total:g}")
+        return self
+
+
+class FeedbackLabelsSpec(_Base):
+    """Production feedback (true labels for served predictions) as training data of the next cycle."""
+
+    enabled: bool = True
+    source: str | None = Field(
+        default=None, description="The feedback table (timestamp, label, prediction_id); default: "
+                                  "triggers.performance.feedback, else feedback.csv beside the spec.")
+    window: str = Field(default="7d", description="The wrong answers (false positives and negatives) of this last "
+                                                  "window come first.")
+    max_images: int = Field(default=1000, ge=0, description="Feedback images added to training per cycle at most.")
+    balance: Literal["none", "equal"] = Field(
+        default="equal", description="equal: the images are shared out evenly over the true classes; none: newest "
+                                     "first.")
+
+    _w = field_validator("window")(classmethod(lambda cls, v: _duration(v)))
+
+
+class LabelingSpec(_Base):
+    """The label and review loop: auto-labels, the review queue, production images and feedback."""
+
+    unlabeled: str | None = Field(
+        default=None, description="A folder (any depth, optional metadata sidecar) or a manifest (path, camera, "
+                                  "scene, captured_at) of images without labels.")
+    production: bool = Field(
+        default=True, description="Also take the images the inference service captured (deploy.capture).")
+    auto_label_threshold: float | None = Field(
+        default=0.98, gt=0, le=1,
+        description="Images the champion labels with at least this confidence get a machine label (training "
+                    "only, never val/test); None: no auto-labels.")
+    uncertainty: Literal["least_confidence", "margin", "entropy"] = "margin"
+    budget: int = Field(default=100, ge=0, description="Images sent to human review per cycle.")
+    mix: HardCaseMix = Field(default_factory=HardCaseMix)
+    rare_share: float = Field(
+        default=0.05, ge=0, lt=1,
+        description="A class with less than this share of the labelled training data (or none) is rare.")
+    image_url: str | None = Field(
+        default=None, description="Prefix for the image URLs in the Label Studio export (e.g. "
+                                  "/data/local-files/?d=); default: the local file path.")
+    feedback: FeedbackLabelsSpec = Field(default_factory=FeedbackLabelsSpec)
+
+
 class Spec(_Base):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     task: TaskKind
@@ -378,6 +445,7 @@ class Spec(_Base):
     gates: GatesSpec = Field(default_factory=GatesSpec)
     deploy: DeploySpec = Field(default_factory=DeploySpec)
     triggers: TriggersSpec = Field(default_factory=TriggersSpec)
+    labeling: LabelingSpec = Field(default_factory=LabelingSpec)
 
     # Set by load_spec: the folder relative paths resolve against. Not part of the hash.
     base_dir: str | None = Field(default=None, exclude=True)

@@ -7,6 +7,11 @@ a group is assigned it keeps its split in every later cycle, even if the file is
 uploaded again. Images of groups never seen before go to train (``new_groups_to: train``) or are
 assigned by the ratios (``new_groups_to: ratio``). A new image that is a near-duplicate of a
 frozen evaluation image takes that image's split, so it cannot reach train.
+
+Machine labels (``label_source`` ``machine``, from auto-labelling) train and never evaluate: they
+do not count when groups are assigned, a group of machine labels only goes to train, and a
+machine-labelled image whose group is in val or test is held out of the split (counted in
+``held_out_machine``), so neither the evaluation set nor the grouping changes because of them.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class SplitResult:
     new_assignments: int
     frozen_images: int
     eval_hash: str = field(default="")
+    held_out_machine: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,6 +156,8 @@ def split(
 
     hashes = df["content_hash"].to_list()
     groups = df["group"].to_list()
+    machine = (df["label_source"] == "machine").fill_null(False).to_list() if "label_source" in df.columns \
+        else [False] * df.height
     assigned: list[str | None] = [by_hash.get(h) or by_group.get(g) for h, g in zip(hashes, groups)]
 
     # Near-duplicates of frozen evaluation images take that image's split, and pull their group along.
@@ -167,10 +175,14 @@ def split(
 
     # Groups not decided yet.
     new_sizes: dict[str, int] = {}
+    machine_only: set[str] = set()
     for i in pending_idx:
         g = groups[i]
-        if g not in group_forced:
+        if g not in group_forced and not machine[i]:
             new_sizes[g] = new_sizes.get(g, 0) + 1
+        elif g not in group_forced:
+            machine_only.add(g)
+    machine_only -= set(new_sizes)
     first_cycle = state.height == 0
     if first_cycle or spec.split.new_groups_to == "ratio":
         start = {s: sum(1 for a in assigned if a == s) for s in SPLITS}
@@ -186,10 +198,16 @@ def split(
     else:
         decided = {g: "train" for g in new_sizes}
     decided.update(group_forced)
+    decided.update({g: "train" for g in machine_only})  # a group of machine labels only never evaluates
     for i in pending_idx:
         assigned[i] = decided[groups[i]]
 
     df = df.with_columns(pl.Series("split", assigned, dtype=pl.Utf8))
+    held = pl.Series([m and a in EVAL_SPLITS for m, a in zip(machine, assigned)])
+    held_out_machine = int(held.sum())
+    if held_out_machine:  # machine labels never reach val or test
+        df = df.filter(~held)
+        hashes, groups, assigned = df["content_hash"].to_list(), df["group"].to_list(), df["split"].to_list()
     present = {s for s in assigned}
     if first_cycle and not {"train", "test"} <= present:
         raise SplitError(
@@ -230,6 +248,7 @@ def split(
         "new_assignments": new_rows.height,
         "frozen_images": len(by_hash),
         "eval_hash": eval_hash,
+        "held_out_machine": held_out_machine,
     }
     summary_path = atomic_write_json(out_dir / "summary.json", summary)
     return SplitResult(
@@ -242,4 +261,5 @@ def split(
         new_assignments=new_rows.height,
         frozen_images=len(by_hash),
         eval_hash=eval_hash,
+        held_out_machine=held_out_machine,
     )

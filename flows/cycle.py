@@ -1,5 +1,5 @@
-"""One continuous-training cycle: ingest → curate → split → contracts → train → evaluate → gate →
-register → promote. The flow composes tasks and holds no stage logic of its own."""
+"""One continuous-training cycle: ingest → label/review → curate → split → contracts → train →
+evaluate → gate → register → promote. The flow composes tasks and holds no stage logic of its own."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from conveyor.spec import load_spec
 from conveyor.utils import code_commit, package_versions, sha256_file, stable_hash
 from conveyor.workspace import Workspace
 from tasks.data import (contracts_task, curate_task, fingerprint_task, frozen_eval_task, ingest_task,
-                        label_version_task, split_task)
+                        label_task, label_version_task, split_task)
 from tasks.model import evaluate_task, train_task
 from tasks.monitor import admission_task, baseline_task, emit_events_task, observe_ingest_task
 from tasks.approval import request_approval_task
@@ -93,17 +93,20 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
     ing = ingest_task(spec, source_key, spec.section_hash("data", "curation"), wsp)
     classes = ing.classes
     observe_ingest_task(spec, wsp, ing.manifest_path, ing.dataset_version)
+    # reviewed labels, production feedback and machine labels join the source; the review queue
+    lab = label_task(spec, wsp, ing.manifest_path, ing.dataset_version, classes)
     prefer = frozen_eval_task(spec, wsp, ing.dataset_version)
-    cur = curate_task(spec, ing.manifest_path, ing.dataset_version, spec.section_hash("curation"), prefer,
+    cur = curate_task(spec, lab.manifest_path, lab.labeled_version, spec.section_hash("curation"), prefer,
                       stable_hash(sorted(prefer)), wsp)
     spl = split_task(spec, cur.curated_path, cur.curated_version, ing.dataset_version,
                      spec.section_hash("split", "curation"), classes, wsp)
-    contracts_path = contracts_task(spec, ing.manifest_path, spl.split_path, ing.dataset_version, spl.split_version,
+    contracts_path = contracts_task(spec, lab.manifest_path, spl.split_path, lab.labeled_version, spl.split_version,
                                     spec.section_hash("data", "curation", "split"), classes, wsp, run_dir)
 
-    label_version = label_version_task(spec, wsp, ing.manifest_path, ing.dataset_version)
+    label_version = label_version_task(spec, wsp, lab.manifest_path, lab.labeled_version)
     lineage = {
         "dataset_version": ing.dataset_version,
+        "labeled_version": lab.labeled_version,
         "label_version": label_version.version,
         "manifest_hash": sha256_file(ing.manifest_path),
         "curated_version": cur.curated_version,
@@ -176,12 +179,18 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
         "approval": approval,
         "dataset": {
             "label_version": label_version.version,
+            "labeled_version": lab.labeled_version,
+            "label_sources": lab.by_source,
+            "review": {"auto_labeled": lab.auto_labeled, "queued": lab.queued, "queue": lab.queue,
+                       "pool": lab.pool, "feedback": lab.feedback, "reviewed": lab.reviewed,
+                       "selection": lab.selection},
             "received": ing.received, "accepted": ing.accepted, "quarantined": ing.quarantined,
             "quarantine_reasons": ing.quarantine_reasons, "quarantine_path": ing.quarantine_path,
             "curated": cur.kept, "removed_reasons": cur.removed_reasons, "removed_path": cur.removed_path,
             "annotations": ing.annotations,  # detection: box counts and box quarantine reasons
         },
         "split": {"split_version": spl.split_version, "group_by": spec.split.group_by, "counts": spl.counts,
+                  "held_out_machine": spl.held_out_machine,
                   "groups": spl.groups, "per_class": spl.per_class, "path": spl.split_path},
         "evaluation": {"metrics_path": challenger.metrics_path, "predictions_path": challenger.predictions_path,
                        "champion_metrics_path": champ_metrics_path},

@@ -10,7 +10,7 @@ from prefect import task
 
 from conveyor.contracts import ContractError, ContractReport, run_contracts
 from conveyor.curate import CurateResult, curate
-from conveyor import labels
+from conveyor import labels, review
 from conveyor.ingest import IngestResult, ingest, source_fingerprint
 from conveyor.spec import Spec
 from conveyor.split import SplitResult, frozen_eval_hashes, split
@@ -86,3 +86,18 @@ def label_version_task(spec: Spec, workspace: str, manifest_path: str, dataset_v
     run_logger().info("label version %s (%d images)%s", lv.version, lv.rows,
                       f", new after {lv.parent}" if lv.created and lv.parent else (", new" if lv.created else ""))
     return lv
+
+
+@task(name="label-review", **RETRY)
+def label_task(spec: Spec, workspace: str, manifest_path: str, dataset_version: str,
+               classes: list[str]) -> review.LabelStageResult:
+    """Reviewed labels, production feedback and machine labels joined to the source; the review queue."""
+    ws = Workspace(workspace)
+    champion, challenger = review.model_refs(ws.registry, spec.name)
+    res = review.label_stage(spec, ws, manifest_path, dataset_version, classes, champion, challenger, progress=True)
+    log = run_logger()
+    log.info("labels: %s (labelled version %s); %d auto-labelled, %d queued for review",
+             res.by_source, res.labeled_version, res.auto_labeled, res.queued)
+    if res.queue:
+        log.info("review queue: %s (Label Studio tasks), %s (CSV)", res.queue["tasks"], res.queue["csv"])
+    return res

@@ -367,7 +367,7 @@ def test_suite_files_are_valid_gx_and_parameters_exist(spec):
     # suites of other task kinds (detection_*, segmentation_*) are checked by their own tests
     assert [n for n in names if not n.startswith(("detection_", "segmentation_"))] == sorted([
         "manifest", "manifest_time", "split_frame", "split_groups", "split_duplicates",
-        "split_near_duplicates", "split_class_coverage", "split_sizes",
+        "split_near_duplicates", "split_class_coverage", "split_sizes", "split_label_sources",
     ])
     assert {"segmentation_manifest", "segmentation_split_frame", "segmentation_class_coverage"} <= set(names)
     for name in names:
