@@ -56,9 +56,20 @@ def print_summary(s: dict) -> None:
         box_reasons = ", ".join(f"{k} {v}" for k, v in sorted(a["box_quarantine_reasons"].items())) or "none"
         print(f"  boxes: received {a['boxes_received']}, accepted {a['boxes_accepted']}, "
               f"quarantined {a['boxes_quarantined']} ({box_reasons}); {a['negative_images']} images without boxes")
+    rv = d.get("review") or {}
+    if rv:
+        src = ", ".join(f"{k} {v}" for k, v in (d.get("label_sources") or {}).items() if v) or "none"
+        pool = ", ".join(f"{k} {v.get('accepted', 0)}/{v.get('received', 0)}" for k, v in rv["pool"].items()
+                         if isinstance(v, dict))
+        print(f"  labels {d['label_version']}: {src}" + (f"; pool (accepted/received) {pool}" if pool else "")
+              + f"; auto-labelled {rv['auto_labeled']}")
+        if rv.get("queue"):
+            print(f"  review queue: {rv['queued']} images -> {rv['queue']['tasks']} (Label Studio), "
+                  f"{rv['queue']['csv']}")
     print(f"  curation kept {d['curated']} (removed: {removed})")
     sp = s["split"]
-    print(f"  split by {sp['group_by']}: " + ", ".join(f"{k} {v} images/{sp['groups'][k]} groups" for k, v in sp["counts"].items()))
+    print(f"  split by {sp['group_by']}: " + ", ".join(f"{k} {v} images/{sp['groups'][k]} groups" for k, v in sp["counts"].items())
+          + (f"; {sp['held_out_machine']} machine labels held out of val/test groups" if sp.get("held_out_machine") else ""))
     m = s["metrics"]
     keys = [k for k in ("f1", "accuracy", "ece", "map50", "miou", "latency_p95_ms", "throughput_ips") if k in m]
     print("  metrics: " + ", ".join(f"{k} {_fmt(m[k])}" for k in keys))
@@ -371,13 +382,42 @@ def cmd_demo(args) -> int:
         summaries.append(run_cycle(str(spec_path), args.workspace, trigger=f"demo-batch-{batch}"))
         if not args.json:
             print_summary(summaries[-1])
+    reviewed = _demo_review(spec, args.workspace, summaries[-1], spec_path, quiet=args.json)
     if args.json:
-        print(json.dumps(summaries, indent=2, default=str))
+        print(json.dumps({"cycles": summaries, "review": reviewed} if reviewed else summaries, indent=2, default=str))
     else:
         ws = spec.workspace_path(args.workspace)
         print(f"\ndemo finished. spec: {spec_path}\n  workspace: {ws}\n  registry:  {ws / 'registry'}\n"
               f"  runs:      {ws / 'runs'}\n  try: conveyor registry list {spec_path}")
     return 0
+
+
+def _demo_review(spec, workspace: str | None, summary: dict, spec_path: Path, quiet: bool) -> dict | None:
+    """The demo plays the reviewer: the last cycle's review queue labelled with the true digits and
+    imported, which makes the label version the next cycle trains on."""
+    from conveyor import labels, review
+    from conveyor.demo import review_as_truth
+    from conveyor.workspace import Workspace
+
+    queue = (summary.get("dataset") or {}).get("review", {}).get("queue")
+    if not spec.labeling.unlabeled or not queue:
+        return None
+    pool = spec.resolve_path(spec.labeling.unlabeled)
+    truth = pool.parent / f"{pool.name}-truth.csv"
+    if not truth.is_file():
+        return None
+    print(f"== a reviewer works through the review queue ({queue['count']} images; the demo answers with the "
+          f"true digits)", file=sys.stderr)
+    ws = Workspace(spec.workspace_path(workspace))
+    reviewed = review_as_truth(queue["csv"], truth, spec_path.parent / "reviewed-queue.csv")
+    res = review.import_review(spec, ws, reviewed)
+    d = labels.diff(ws, spec.name, res.parent_version, res.label_version) if res.parent_version else None
+    if not quiet:
+        print(f"review import {reviewed}: {res.accepted} of {res.received} accepted, {res.quarantined} quarantined"
+              f"{' ' + str(res.quarantine_reasons) if res.quarantined else ''}; label version {res.label_version}"
+              + (f" ({len(d.added)} images added, {len(d.changed)} changed since {res.parent_version})" if d else ""))
+        print(f"  the next cycle trains on it; see: conveyor labels diff {spec_path} previous")
+    return res.to_dict()
 
 
 def cmd_deployments(args) -> int:

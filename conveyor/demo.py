@@ -9,6 +9,10 @@ with a manifest that carries camera, scene and capture time. Two batches:
   uploads bring: a re-uploaded copy and a re-encoded JPEG of earlier images, a zero-byte file, a
   truncated PNG, a text file named .png, a row with an unknown label and a path leaving the
   data root. Ingest quarantines the bad ones and curation removes the copies.
+
+With batch 2 the new cameras also send images nobody has labelled yet (``unlabeled/`` beside the
+manifest, with a metadata sidecar); their true labels are kept apart in ``unlabeled-truth.csv``
+(conveyor never reads it) so the demo can play the reviewer who works through the review queue.
 """
 
 from __future__ import annotations
@@ -99,8 +103,49 @@ def _rows(indices: range, cameras: list[str], start: datetime, days: int, images
 
 
 def write_classification_demo(spec, batch: int) -> Path:
-    """The classification example: digits under the folder of the spec's manifest."""
-    return write_demo_batch(spec.source_path.parent, batch)
+    """The classification example: digits under the folder of the spec's manifest (and, with batch 2,
+    unlabelled digits where ``labeling.unlabeled`` points)."""
+    manifest = write_demo_batch(spec.source_path.parent, batch)
+    if batch == 2 and spec.labeling.unlabeled:
+        write_unlabeled_batch(spec.resolve_path(spec.labeling.unlabeled), UNLABELED)
+    return manifest
+
+
+UNLABELED = 300
+
+
+def write_unlabeled_batch(root: str | Path, n: int, seed: int = 7) -> Path:
+    """``n`` digits from the new cameras without labels: images and a metadata sidecar under ``root``,
+    the truth in ``<root>-truth.csv`` beside it (for the demo's reviewer). Returns the truth file."""
+    from sklearn.datasets import load_digits
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    digits = load_digits()
+    rng = np.random.default_rng(20_000 + seed)
+    meta, truth = [], []
+    for k in range(n):
+        idx = int(rng.integers(0, len(digits.images)))
+        camera = CAMERAS_2[k % len(CAMERAS_2)]
+        ts = START_2 + timedelta(days=7, seconds=int(rng.integers(0, 86400)))
+        rel = f"{camera}/capture-{k:04d}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        render_digit(digits.images[idx], camera, rng).save(root / rel, optimize=False)
+        meta.append({"path": rel, "camera": camera, "scene": "aisle-6", "captured_at": ts.strftime("%Y-%m-%dT%H:%M:%SZ")})
+        truth.append({"path": rel, "label": str(int(digits.target[idx]))})
+    pl.DataFrame(meta).write_csv(root / "metadata.csv")
+    out = root.parent / f"{root.name}-truth.csv"
+    pl.DataFrame(truth).write_csv(out)
+    return out
+
+
+def review_as_truth(queue_csv: str | Path, truth_csv: str | Path, out: str | Path, prefix: str = "unlabeled/") -> Path:
+    """The demo's reviewer: fills the queue CSV's ``label`` column with the true digits."""
+    truth = dict(pl.read_csv(truth_csv, infer_schema=False).iter_rows())
+    q = pl.read_csv(queue_csv, infer_schema=False)
+    labels = [truth.get(i[len(prefix):] if i.startswith(prefix) else i) for i in q["id"].to_list()]
+    q.with_columns(pl.Series("label", labels, dtype=pl.Utf8)).write_csv(out)
+    return Path(out)
 
 
 def write_demo_batch(root: str | Path, batch: int) -> Path:

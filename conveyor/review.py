@@ -43,7 +43,7 @@ import numpy as np
 import polars as pl
 
 from conveyor import hardcases, labels, labelstudio
-from conveyor.ingest import IngestError, annotation_digest, ingest, rows_digest, source_fingerprint
+from conveyor.ingest import annotation_digest, ingest, rows_digest, source_fingerprint
 from conveyor.spec import Spec, parse_duration_s
 from conveyor.utils import atomic_write_bytes, atomic_write_json, stable_hash, write_parquet_atomic
 from conveyor.workspace import Workspace
@@ -284,10 +284,12 @@ def label_stage(spec: Spec, ws: Workspace, manifest_path: str | Path, dataset_ve
     pools: list[pl.DataFrame] = []
     if lab.unlabeled:
         src = spec.resolve_path(lab.unlabeled)
-        if not src.exists():
-            raise IngestError(f"labeling.unlabeled {src} does not exist")
-        df, pool_info["unlabeled"] = _ingest_pool(spec, ws, src, "unlabeled")
-        pools.append(df)
+        if src.exists():
+            df, pool_info["unlabeled"] = _ingest_pool(spec, ws, src, "unlabeled")
+            pools.append(df)
+        else:  # nothing has arrived yet: an empty pool, said so in the summary
+            pool_info["unlabeled"] = {"source": str(src), "status": "missing", "received": 0, "accepted": 0,
+                                      "quarantined": 0, "quarantine_reasons": {}}
     log = production_log(ws, name) if lab.production else pl.DataFrame()
     capture_hash: dict[str, str] = {}
     if lab.production and log.height:

@@ -372,3 +372,56 @@ def test_detection_machine_boxes_join_the_manifest(tmp_path):
     res = review.label_stage(strict, ws, ing.manifest_path, ing.dataset_version, ing.classes,
                              *review.model_refs(ws.registry, "det"))
     assert res.auto_labeled == 0 and res.queued == 1  # 0.7 is not sure enough: a person looks at it
+
+
+def test_segmentation_machine_masks_and_a_brush_review_round_trip(tmp_path):
+    """Machine masks for sure images, brush pre-annotations for unsure ones, and the reviewed masks
+    back as a label version and as training rows."""
+    from test_segmentation import seg_spec, write_pairs
+    from tinymodels import RedSegmenter
+
+    write_pairs(tmp_path, cameras=4, per_camera=3)
+    model = export_model(RedSegmenter(), tmp_path / "seg.onnx", "segmentation", ["background", "defect"], ["logits"],
+                         {"images": {0: "batch"}, "logits": {0: "batch"}})
+    pool = tmp_path / "incoming"
+    pool.mkdir()
+    sure = np.full((32, 32, 3), 30, np.uint8)
+    sure[:, :16, 0] = 230  # a red (defect) left half on a dark part: the segmenter is sure
+    Image.fromarray(sure).save(pool / "sure.png")
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(pool / "unsure.png")  # red = 0.5: a coin toss
+    spec = seg_spec(tmp_path)
+    spec = spec.model_copy(update={"labeling": spec.labeling.model_copy(
+        update={"unlabeled": str(pool), "auto_label_threshold": 0.95, "budget": 5})})
+    ws = Workspace(tmp_path / "workspace")
+    _champion(ws, model, spec.name)
+    ing = ingest(spec, ws.datasets)
+    res = review.label_stage(spec, ws, ing.manifest_path, ing.dataset_version, ing.classes,
+                             *review.model_refs(ws.registry, spec.name))
+    df = pl.read_parquet(res.manifest_path)
+    m = df.filter(pl.col("label_source") == "machine").row(0, named=True)
+    assert m["id"] == "unlabeled/sure.png" and m["mask_classes"] == ["background", "defect"]
+    mask = np.asarray(Image.open(m["mask_path"]))
+    assert mask.shape == (32, 32) and (mask[:, :16] == 1).all() and (mask[:, 16:] == 0).all()
+    (task,) = json.loads(Path(res.queue["tasks"]).read_text())
+    assert task["data"]["conveyor_id"] == "unlabeled/unsure.png"
+
+    # the reviewer paints a defect square where the model could not decide
+    from conveyor.labelstudio import rle_encode
+
+    painted = np.zeros((32, 32), bool)
+    painted[4:12, 4:12] = True
+    result = [{"id": "r1", "from_name": "label", "to_name": "image", "type": "brushlabels", "original_width": 32,
+               "original_height": 32, "image_rotation": 0,
+               "value": {"format": "rle", "rle": rle_encode(painted), "brushlabels": ["defect"]}}]
+    export = _reviewed_export([task], lambda t, r: result)
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    labels.publish(ws, spec.name, df)
+    imp = review.import_review(spec, ws, tmp_path / "export.json")
+    assert (imp.accepted, imp.quarantined, imp.added) == (1, 0, 1)
+    res2 = review.label_stage(spec, ws, ing.manifest_path, ing.dataset_version, ing.classes,
+                              *review.model_refs(ws.registry, spec.name))
+    r = pl.read_parquet(res2.manifest_path).filter(pl.col("label_source") == "review").row(0, named=True)
+    got = np.asarray(Image.open(r["mask_path"]))
+    assert r["id"] == "unlabeled/unsure.png" and np.array_equal(got == 1, painted) and r["mask_classes"] == [
+        "background", "defect"]
+    assert res2.queued == 0

@@ -201,6 +201,19 @@ def test_predict_answers_with_the_champion(cls_env):
     assert first["camera"] == "cam-07" and first["predicted"] == "red" and first["model_version"] == 3
     assert (first["width"], first["height"], first["status"], first["role"]) == (24, 20, "ok", "champion")
     assert first["brightness"] > 0 and first["latency_ms"] > 0
+    # every answered image is kept once, content-addressed, for feedback and the review queue
+    kept = serving.captures_dir(ws, spec.name) / first["capture"]
+    assert kept.read_bytes() == png(TOY_COLOURS["red"]) and kept.suffix == ".png"
+    assert rows["capture"].null_count() == 0 and rows["capture"].n_unique() == 3
+
+
+def test_capture_share_is_a_stable_draw_per_request_id():
+    ids = [f"req-{i}" for i in range(2000)]
+    share = sum(serving.should_capture(i, 0.25) for i in ids) / len(ids)
+    assert 0.2 < share < 0.3
+    assert [serving.should_capture(i, 0.25) for i in ids[:50]] == [serving.should_capture(i, 0.25) for i in ids[:50]]
+    assert not any(serving.should_capture(i, 0.0) for i in ids[:50])
+    assert all(serving.should_capture(i, 1.0) for i in ids[:50])
 
 
 def test_bad_requests_get_400_or_413_are_quarantined_and_serving_goes_on(cls_env):
