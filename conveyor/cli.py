@@ -383,8 +383,10 @@ def cmd_demo(args) -> int:
         if not args.json:
             print_summary(summaries[-1])
     reviewed = _demo_review(spec, args.workspace, summaries[-1], spec_path, quiet=args.json)
+    if reviewed:
+        summaries[-1]["review_import"] = reviewed
     if args.json:
-        print(json.dumps({"cycles": summaries, "review": reviewed} if reviewed else summaries, indent=2, default=str))
+        print(json.dumps(summaries, indent=2, default=str))
     else:
         ws = spec.workspace_path(args.workspace)
         print(f"\ndemo finished. spec: {spec_path}\n  workspace: {ws}\n  registry:  {ws / 'registry'}\n"
@@ -500,7 +502,9 @@ def cmd_labels_diff(args) -> int:
 
 
 def cmd_review_queue(args) -> int:
-    from conveyor import review
+    import polars as pl
+
+    from conveyor import labels, review
     from conveyor.ingest import ingest
     from conveyor.workspace import Workspace
 
@@ -510,6 +514,7 @@ def cmd_review_queue(args) -> int:
     champion, challenger = review.model_refs(ws.registry, spec.name)
     res = review.label_stage(spec, ws, ing.manifest_path, ing.dataset_version, ing.classes, champion, challenger,
                              progress=not args.json)
+    labels.publish(ws, spec.name, pl.read_parquet(res.manifest_path))  # what an import builds on
     if args.json:
         print(json.dumps(res.to_dict(), indent=2, default=str))
         return 0

@@ -750,13 +750,17 @@ def _csv_item(ctx: _Context, rec: Mapping, row: int) -> _Item:
     return _Item(row, None, where, h, cid, _read_png_mask(ctx, cell, info, where), reviewer)
 
 
-def _load_json(path: Path) -> list:
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ReviewFileError(f"review file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ReviewFileError(f"review file {path} cannot be read: {err}") from None
+
+
+def _load_json(path: Path) -> list:
+    text = _read_text(path)
     try:
         tasks = json.loads(text)
     except (ValueError, RecursionError) as err:
@@ -767,12 +771,7 @@ def _load_json(path: Path) -> list:
 
 
 def _load_csv(path: Path, task: str) -> list[dict]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ReviewFileError(f"review file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ReviewFileError(f"review file {path} cannot be read: {err}") from None
+    text = _read_text(path)
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         header = [c.strip() if isinstance(c, str) else c for c in (reader.fieldnames or [])]

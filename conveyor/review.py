@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -43,7 +42,7 @@ import numpy as np
 import polars as pl
 
 from conveyor import hardcases, labels, labelstudio
-from conveyor.ingest import annotation_digest, ingest, rows_digest, source_fingerprint
+from conveyor.ingest import annotation_digest, ingest, rows_digest
 from conveyor.spec import Spec, parse_duration_s
 from conveyor.utils import atomic_write_bytes, atomic_write_json, stable_hash, write_parquet_atomic
 from conveyor.workspace import Workspace
@@ -178,14 +177,14 @@ def _ingest_pool(spec: Spec, ws: Workspace, source: Path, kind: str) -> tuple[pl
 
 
 def production_log(ws: Workspace, name: str) -> pl.DataFrame:
-    """Answered rows of the prediction log whose image the service kept."""
+    """The answered rows of the prediction log (``capture``: the kept image, or null)."""
     from conveyor import live
     from conveyor.feedback import answering_predictions
 
     log = answering_predictions(live.read_log(ws, name))
-    if "capture" not in log.columns:
-        return log.clear().with_columns(pl.lit(None, pl.String).alias("capture"))
-    return log.filter(pl.col("capture").is_not_null())
+    if "capture" not in log.columns:  # tables added with `conveyor observe`
+        log = log.with_columns(pl.lit(None, pl.String).alias("capture"))
+    return log
 
 
 def _production_manifest(ws: Workspace, name: str, log: pl.DataFrame) -> Path | None:
@@ -193,6 +192,7 @@ def _production_manifest(ws: Workspace, name: str, log: pl.DataFrame) -> Path | 
     captures folder, so ingest reads them like any manifest source."""
     from conveyor.serving import captures_dir
 
+    log = log.filter(pl.col("capture").is_not_null())
     if log.height == 0:
         return None
     rows = (log.sort("timestamp").unique("capture", keep="first", maintain_order=True)
@@ -207,27 +207,6 @@ def _production_manifest(ws: Workspace, name: str, log: pl.DataFrame) -> Path | 
             pass
     write_parquet_atomic(rows, path)
     return path
-
-
-def pool_fingerprint(spec: Spec, ws: Workspace) -> str:
-    """Content key of everything the label stage reads besides the source: the pool images, the
-    prediction log's kept images, the feedback table and the reviewed labels."""
-    parts: dict[str, Any] = {"labeling": spec.section_hash("labeling"), "task": spec.task}
-    lab = spec.labeling
-    if lab.unlabeled:
-        src = spec.resolve_path(lab.unlabeled)
-        parts["unlabeled"] = source_fingerprint(_pool_spec(spec, src), unlabeled=True) if src.exists() else "missing"
-    if lab.production:
-        log = production_log(ws, spec.name)
-        parts["production"] = stable_hash(sorted(set(log["capture"].to_list()))) if log.height else None
-    fb = feedback_path(spec)
-    if lab.feedback.enabled and fb.is_file():
-        parts["feedback"] = hashlib.sha256(fb.read_bytes()).hexdigest()
-        # windows move with the clock: the day is part of the key
-        parts["day"] = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    index = reviews_dir(ws, spec.name) / "index.jsonl"
-    parts["reviews"] = hashlib.sha256(index.read_bytes()).hexdigest() if index.is_file() else None
-    return stable_hash(parts)
 
 
 # ---- scoring -------------------------------------------------------------------------------------
@@ -290,7 +269,7 @@ def label_stage(spec: Spec, ws: Workspace, manifest_path: str | Path, dataset_ve
         else:  # nothing has arrived yet: an empty pool, said so in the summary
             pool_info["unlabeled"] = {"source": str(src), "status": "missing", "received": 0, "accepted": 0,
                                       "quarantined": 0, "quarantine_reasons": {}}
-    log = production_log(ws, name) if lab.production else pl.DataFrame()
+    log = production_log(ws, name) if lab.production or lab.feedback.enabled else pl.DataFrame()
     capture_hash: dict[str, str] = {}
     if lab.production and log.height:
         mpath = _production_manifest(ws, name, log)
@@ -461,9 +440,13 @@ def _feedback(spec: Spec, ws: Workspace, log: pl.DataFrame, pool: pl.DataFrame, 
         return empty, info, set()
     info.update(status="ok", received=checked.received, quarantined=checked.quarantined.height,
                 quarantine_reasons=checked.reasons)
+    if checked.quarantined.height:  # each bad row with its row number, field and reason
+        info["quarantine_path"] = str(write_parquet_atomic(checked.quarantined,
+                                                           review_dir(ws, spec.name) / "feedback_quarantine.parquet"))
     rows = checked.accepted.filter(pl.col("prediction_id").is_not_null())
     info["without_prediction_id"] = checked.accepted.height - rows.height
     cap = dict(zip(log["prediction_id"].to_list(), log["capture"].to_list())) if log.height else {}
+    # (without labeling.production no kept image joins the pool, so feedback rows find no image)
     hashes = [capture_hash.get(cap.get(pid) or "") for pid in rows["prediction_id"].to_list()]
     rows = rows.with_columns(pl.Series("content_hash", hashes, dtype=pl.String))
     info["without_image"] = int(rows["content_hash"].is_null().sum())
@@ -704,6 +687,3 @@ def status(ws: Workspace, name: str) -> dict[str, Any]:
             "reviewed_images": reviewed_labels(ws, name).height,
             "label_versions": labels.history(ws, name)}
 
-
-def finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 
@@ -80,6 +81,23 @@ def test_demo_end_to_end(tmp_path):
     # the frozen evaluation set did not move: the new cameras went to train
     assert second["split"]["counts"]["test"] == first["split"]["counts"]["test"]
     assert second["split"]["counts"]["val"] == first["split"]["counts"]["val"]
+
+    # the label loop: the champion auto-labelled the unlabelled images it was sure of (correctly,
+    # against the truth the demo keeps apart), queued the rest, and the reviewer's import made a new
+    # label version
+    rv = d["review"]
+    pool = rv["pool"]["unlabeled"]
+    assert pool["received"] == pool["accepted"] == 300
+    assert rv["auto_labeled"] > 0 and rv["queued"] > 0
+    assert rv["auto_labeled"] + rv["queued"] + rv["pool"].get("near_duplicate_of_labeled", 0) == 300
+    assert d["label_sources"]["machine"] == rv["auto_labeled"]
+    truth = dict(pl.read_csv(tmp_path / "demo" / "data" / "digits" / "unlabeled-truth.csv", infer_schema=False).iter_rows())
+    labelled = pl.read_parquet(second["split"]["path"]).filter(pl.col("label_source") == "machine")
+    right = sum(truth[i.removeprefix("unlabeled/")] == lab for i, lab in labelled.select("id", "label").iter_rows())
+    assert right >= 0.98 * labelled.height
+    imp = second["review_import"]
+    assert imp["accepted"] == rv["queued"] and imp["quarantined"] == 0
+    assert imp["label_version"] != d["label_version"] and imp["parent_version"] == d["label_version"]
 
     # between the batches the monitor saw the new cameras drift, and the cool-down held the cycle back
     from conveyor.events import read_log

@@ -185,8 +185,9 @@ def test_label_studio_round_trip_makes_a_new_label_version(tmp_path, colour_mode
     assert "review queue: 4 images" in out, out
     assert main(["review", "queue", spec_path, "--json", *wsa]) == 0
     stage = json.loads(capsys.readouterr().out)
-    # a cycle publishes the label version of what it trains on
-    before = labels.publish(ws, "toy", pl.read_parquet(stage["manifest_path"])).version
+    # `review queue` publishes the label version of what a cycle would train on (as a cycle does)
+    before = labels.history(ws, "toy")[-1]["version"]
+    assert labels.publish(ws, "toy", pl.read_parquet(stage["manifest_path"])).version == before
     queue = json.loads((ws.root / "review" / "toy" / "latest.json").read_text())
     tasks = json.loads(Path(queue["tasks"]).read_text())
     first = tasks[0]["data"]["conveyor_id"]
@@ -329,6 +330,8 @@ def test_production_feedback_reaches_the_training_manifest(tmp_path, colour_mode
                              *review.model_refs(ws.registry, "toy"))
     assert res.pool["production"]["received"] == 3 and res.pool["production"]["accepted"] == 3
     assert res.feedback["received"] == 4 and res.feedback["quarantine_reasons"] == {"unknown_prediction": 1}
+    bad = pl.read_parquet(res.feedback["quarantine_path"]).row(0, named=True)
+    assert (bad["row"], bad["field"], bad["reason"]) == (4, "prediction_id", "unknown_prediction")
     assert res.feedback["selected"] == 3 and res.feedback["errors"] == 1
     df = pl.read_parquet(res.manifest_path).filter(pl.col("label_source") == "feedback")
     assert sorted(df["label"].to_list()) == ["blue", "green", "green"]
