@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_rerun.py
 	$(BIN)/python bench/bench_monitoring.py
 	$(BIN)/python bench/bench_serving.py
+	$(BIN)/python bench/bench_review.py
 
 clean:
 	rm -rf .demo workspace examples/workspace examples/data .pytest_cache

@@ -42,7 +42,7 @@ import numpy as np
 import polars as pl
 
 from conveyor import hardcases, labels, labelstudio
-from conveyor.ingest import annotation_digest, ingest, rows_digest
+from conveyor.ingest import annotation_digest, ingest, rows_digest, source_fingerprint
 from conveyor.spec import Spec, parse_duration_s
 from conveyor.utils import atomic_write_bytes, atomic_write_json, stable_hash, write_parquet_atomic
 from conveyor.workspace import Workspace
@@ -166,13 +166,24 @@ def _pool_spec(spec: Spec, source: Path) -> Spec:
 
 
 def _ingest_pool(spec: Spec, ws: Workspace, source: Path, kind: str) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Ingest a pool source, or reuse its version when the files' bytes are unchanged (the content
+    fingerprint reads the bytes but decodes nothing)."""
     out = ws.root / "pool" / spec.name / kind
-    res = ingest(_pool_spec(spec, source), out, unlabeled=True)
-    df = pl.read_parquet(res.manifest_path)
+    pspec = _pool_spec(spec, source)
+    key = stable_hash([source_fingerprint(pspec, unlabeled=True), pspec.section_hash("data", "curation")])
+    index_path = out / "fingerprints.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    version = index.get(key)
+    if version is None or not (out / version / "ingest.json").is_file():
+        version = ingest(pspec, out, unlabeled=True).dataset_version
+        index = {**{k: v for k, v in list(index.items())[-49:]}, key: version}  # the latest 50 sources
+        atomic_write_json(index_path, index)
+    summary = json.loads((out / version / "ingest.json").read_text())
+    df = pl.read_parquet(out / version / "manifest.parquet")
     df = df.with_columns((pl.lit(POOL_PREFIX[kind]) + pl.col("id")).alias("id"), pl.lit(None, pl.String).alias("label"))
-    info = {"source": str(source), "received": res.received, "accepted": res.accepted,
-            "quarantined": res.quarantined, "quarantine_reasons": res.quarantine_reasons,
-            "quarantine_path": res.quarantine_path, "dataset_version": res.dataset_version}
+    info = {"source": str(source), **{k: summary[k] for k in ("received", "accepted", "quarantined",
+                                                               "quarantine_reasons", "dataset_version")},
+            "quarantine_path": str(out / version / "quarantine.parquet")}
     return df, info
 
 
@@ -221,12 +232,45 @@ def _load(ref: ModelRef | None, threads: int = 1):
         return None
 
 
-def _run_model(model, path: str, max_pixels: int) -> tuple[dict[str, np.ndarray], int, int]:
-    from conveyor.serving import decode_request
+def _decode(path: str, max_pixels: int):
+    """One image decoded as serving and training decode it (no statistics: ingest has them)."""
+    from conveyor.imageio import open_image
+    from conveyor.serving import DecodedRequest
 
-    req = decode_request(Path(path).read_bytes(), max_pixels, name=path)
+    opened = open_image(Path(path).read_bytes(), max_pixels=max_pixels, name=path)
+    return DecodedRequest(opened.image, {}, opened.format)
+
+
+def _run_model(model, path: str, max_pixels: int) -> tuple[dict[str, np.ndarray], int, int]:
+    """The model's raw outputs for one image."""
+    req = _decode(path, max_pixels)
     outs = model.session.run(None, {model.input_name: req.input(model.image_size)})
     return dict(zip(model.output_names, outs)), req.width, req.height
+
+
+SCORE_BATCH = 64
+
+
+def _batched_outputs(model, paths: list[str], max_pixels: int):
+    """``(index, outputs, width, height)`` per image, ``outputs`` None when the file cannot be read
+    any more. Graphs with a batch axis (classification, segmentation) run ``SCORE_BATCH`` images
+    per call; detection graphs take one image per call."""
+    batch_axis = not isinstance(model.session.get_inputs()[0].shape[0], int) and model.task != "detection"
+    step = SCORE_BATCH if batch_axis else 1
+    for start in range(0, len(paths), step):
+        chunk = []
+        for i in range(start, min(start + step, len(paths))):
+            try:
+                chunk.append((i, _decode(paths[i], max_pixels)))
+            except Exception:  # noqa: BLE001 - the file changed since ingest: left unscored
+                yield i, None, 0, 0
+        if not chunk:
+            continue
+        x = np.concatenate([r.input(model.image_size) for _, r in chunk])
+        outs = dict(zip(model.output_names, model.session.run(None, {model.input_name: x})))
+        for j, (i, r) in enumerate(chunk):
+            one = outs if step == 1 else {k: v[j : j + 1] for k, v in outs.items()}
+            yield i, one, r.width, r.height
 
 
 def model_refs(registry_root: str | Path, name: str) -> tuple[ModelRef | None, ModelRef | None]:
@@ -467,75 +511,80 @@ def _feedback(spec: Spec, ws: Workspace, log: pl.DataFrame, pool: pl.DataFrame, 
     return out, info, set()
 
 
-def _score_pool(spec: Spec, ws: Workspace, pool: pl.DataFrame, champion: ModelRef | None,
-                challenger: ModelRef | None, classes: list[str], progress: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(machine-labelled rows, the pool with scores); without a champion nothing is scored."""
-    lab = spec.labeling
-    model = _load(champion) if pool.height else None
-    other = _load(challenger) if model is not None else None
-    if model is None:
-        return pool.clear(), pool
-    threshold = lab.auto_label_threshold
-    scores: dict[str, list] = {k: [] for k in ("predicted", "pred_classes", "confidence", "least_confidence",
-                                                "margin", "entropy", "challenger_predicted")}
-    machine_rows: list[int] = []
-    machine_cols: dict[str, list] = {"label": [], "boxes": [], "mask": []}
-    paths = pool["path"].to_list()
-    it = range(pool.height)
-    if progress:
+SCORE_SCHEMA = {"content_hash": pl.String(), "predicted": pl.String(), "pred_classes": pl.List(pl.String()),
+                "confidence": pl.Float64(), "least_confidence": pl.Float64(), "margin": pl.Float64(),
+                "entropy": pl.Float64(), "boxes": pl.String()}
+
+
+def _scores(spec: Spec, ws: Workspace, pool: pl.DataFrame, ref: ModelRef, model, progress: bool) -> pl.DataFrame:
+    """One model's scores of the pool images (``SCORE_SCHEMA``), kept per model hash under
+    ``pool/<name>/scores/`` so that each image is run once per model; ``boxes``: detection's
+    machine boxes (JSON). An image that cannot be read any more is left out."""
+    path = ws.root / "pool" / spec.name / "scores" / f"{ref.model_hash}.parquet"
+    cached = pl.read_parquet(path) if path.is_file() else pl.DataFrame(schema=SCORE_SCHEMA)
+    todo = pool.filter(~pl.col("content_hash").is_in(cached["content_hash"].to_list()))
+    rows: list[dict[str, Any]] = []
+    hashes = todo["content_hash"].to_list()
+    it = _batched_outputs(model, todo["path"].to_list(), spec.data.max_pixels)
+    if progress and hashes:
         from tqdm.auto import tqdm
 
-        it = tqdm(it, desc="score pool", unit="img")
-    for i in it:
-        try:
-            outs, w, h = _run_model(model, paths[i], spec.data.max_pixels)
-        except Exception:  # noqa: BLE001 - the file changed since ingest: left unscored
-            for k in scores:
-                scores[k].append(None)
+        it = tqdm(it, total=len(hashes), desc=f"score pool (v{ref.version})", unit="img")
+    for i, outs, w, hh in it:
+        if outs is None:
             continue
-        s = hardcases.score_outputs(model.task, outs, model.classes)
-        scores["predicted"].append(s.predicted)
-        scores["pred_classes"].append(list(s.classes))
-        scores["confidence"].append(s.confidence)
-        scores["least_confidence"].append(s.least_confidence)
-        scores["margin"].append(s.margin)
-        scores["entropy"].append(s.entropy)
-        cp = None
-        if other is not None:
-            try:
-                couts, _, _ = _run_model(other, paths[i], spec.data.max_pixels)
-                cp = hardcases.score_outputs(other.task, couts, other.classes).predicted
-            except Exception:  # noqa: BLE001
-                cp = None
-        scores["challenger_predicted"].append(cp)
-        if threshold is None or s.confidence < threshold:
-            continue
-        if spec.task == "classification":
-            machine_cols["label"].append(s.predicted)
-        elif spec.task == "detection":
-            machine_cols["boxes"].append(hardcases.machine_boxes(
+        h = hashes[i]
+        sc = hardcases.score_outputs(model.task, outs, model.classes)
+        boxes = None
+        if model.task == "detection":
+            boxes = json.dumps(hardcases.machine_boxes(
                 np.asarray(outs["boxes"]).reshape(-1, 4), np.asarray(outs["scores"]).reshape(-1),
-                np.asarray(outs["labels"]).reshape(-1), model.classes, model.image_size, w, h))
-        else:
-            machine_cols["mask"].append(hardcases.machine_mask(outs["logits"], threshold, spec.data.ignore_index, w, h))
-        machine_rows.append(i)
-    scored = pool.with_columns(
-        pl.Series("predicted", scores["predicted"], dtype=pl.String),
-        pl.Series("pred_classes", scores["pred_classes"], dtype=pl.List(pl.String)),
-        *(pl.Series(k, scores[k], dtype=pl.Float64) for k in ("confidence", "least_confidence", "margin", "entropy")),
-        pl.Series("challenger_predicted", scores["challenger_predicted"], dtype=pl.String),
-    )
-    if not machine_rows:
-        return pool.clear(), scored
-    machine = pool[machine_rows].with_columns(pl.lit("machine").alias("label_source"))
-    if spec.task == "classification":
-        machine = machine.with_columns(pl.Series("label", machine_cols["label"], dtype=pl.String))
-    elif spec.task == "detection":
-        machine = machine.with_columns(_boxes_struct([json.dumps(b) for b in machine_cols["boxes"]]))
+                np.asarray(outs["labels"]).reshape(-1), model.classes, model.image_size, w, hh))
+        rows.append({"content_hash": h, "predicted": sc.predicted, "pred_classes": list(sc.classes),
+                     "confidence": sc.confidence, "least_confidence": sc.least_confidence, "margin": sc.margin,
+                     "entropy": sc.entropy, "boxes": boxes})
+    if rows:
+        cached = pl.concat([cached, pl.DataFrame(rows, schema=SCORE_SCHEMA)])
+        write_parquet_atomic(cached, path)
+    return cached.filter(pl.col("content_hash").is_in(pool["content_hash"].to_list()))
+
+
+def _score_pool(spec: Spec, ws: Workspace, pool: pl.DataFrame, champion: ModelRef | None,
+                challenger: ModelRef | None, classes: list[str], progress: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(machine-labelled rows, the pool with the champion's scores and the challenger's prediction);
+    without a champion nothing is scored."""
+    threshold = spec.labeling.auto_label_threshold
+    model = _load(champion, spec.train.num_threads) if pool.height else None
+    if model is None:
+        return pool.clear(), pool
+    scores = _scores(spec, ws, pool, champion, model, progress)
+    scored = pool.join(scores.drop("boxes"), on="content_hash", how="left")
+    other = _load(challenger, spec.train.num_threads)
+    if other is not None:
+        theirs = _scores(spec, ws, pool, challenger, other, progress).select(
+            "content_hash", pl.col("predicted").alias("challenger_predicted"))
+        scored = scored.join(theirs, on="content_hash", how="left")
     else:
-        written = [write_mask(ws, spec.name, m) for m in machine_cols["mask"]]
+        scored = scored.with_columns(pl.lit(None, pl.String).alias("challenger_predicted"))
+    if threshold is None:
+        return pool.clear(), scored
+    sure = scores.filter(pl.col("confidence") >= threshold)
+    machine = pool.join(sure, on="content_hash", how="inner", suffix="_scored")
+    if machine.height == 0:
+        return pool.clear(), scored
+    machine = machine.sort("id").with_columns(pl.lit("machine").alias("label_source"))
+    if spec.task == "classification":
+        machine = machine.with_columns(pl.col("predicted").alias("label"))
+    elif spec.task == "detection":
+        machine = machine.with_columns(_boxes_struct(machine["boxes"].to_list()))  # the scores' JSON boxes
+    else:  # the mask depends on the threshold (pixels below it are ignored): made from the outputs
+        written = []
+        for p in machine["path"].to_list():
+            outs, w, h = _run_model(model, p, spec.data.max_pixels)
+            written.append(write_mask(ws, spec.name, hardcases.machine_mask(outs["logits"], threshold,
+                                                                             spec.data.ignore_index, w, h)))
         machine = machine.with_columns(_mask_columns([p for p, _ in written], [h for _, h in written], classes))
-    return machine, scored
+    return machine, scored  # the score columns are dropped with the others the manifest lacks (_conform)
 
 
 def _conform(df: pl.DataFrame, like: pl.DataFrame) -> pl.DataFrame:

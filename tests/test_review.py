@@ -155,6 +155,18 @@ def test_auto_labels_respect_the_threshold_and_never_reach_val_or_test(tmp_path,
     failed = [x.name for x in report.suites if not x.success]
     assert failed == ["split_label_sources"]
 
+    # the pool's ingest and scores are kept by content: a rerun reuses them, and an image changed
+    # under the same path is ingested and scored again
+    scores = next((ws.root / "pool" / "toy" / "scores").glob("*.parquet"))
+    assert pl.read_parquet(scores).height == 8
+    again = review.label_stage(spec, ws, ing.manifest_path, ing.dataset_version, ing.classes, champion, None)
+    assert again.labeled_version == res.labeled_version
+    _blend(tmp_path / "incoming" / "pure-green.png", "green", "red", 0.5, seed=99)
+    changed = review.label_stage(spec, ws, ing.manifest_path, ing.dataset_version, ing.classes, champion, None)
+    df2 = pl.read_parquet(changed.manifest_path)
+    assert "unlabeled/pure-green.png" not in df2.filter(pl.col("label_source") == "machine")["id"].to_list()
+    assert changed.auto_labeled == res.auto_labeled - 1 and pl.read_parquet(scores).height == 9
+
     # a higher threshold labels fewer, None labels nothing
     strict = spec.model_copy(update={"labeling": spec.labeling.model_copy(update={"auto_label_threshold": 0.999999})})
     res2 = review.label_stage(strict, ws, ing.manifest_path, ing.dataset_version, ing.classes, champion, None)
