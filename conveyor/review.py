@@ -326,6 +326,13 @@ def label_stage(spec: Spec, ws: Workspace, manifest_path: str | Path, dataset_ve
     in_source = pool.filter(pl.col("content_hash").is_in(list(known_hashes)))
     pool = pool.filter(~pl.col("content_hash").is_in(list(known_hashes)))
     pool_info["already_labeled"] = in_source.height
+    pv = spec.curation.privacy  # nobody reviews, and nothing trains on, an excluded camera or scene
+    private = pl.col("camera").is_in(pv.exclude_cameras).fill_null(False) | pl.col("scene").is_in(
+        pv.exclude_scenes).fill_null(False)
+    if pv.drop_missing_camera:
+        private = private | pl.col("camera").is_null()
+    pool_info["privacy_excluded"] = int(pool.select(private.sum()).item()) if pool.height else 0
+    pool = pool.filter(~private) if pool.height else pool
 
     # 2. reviewed labels (they also correct labels of the source)
     reviewed = reviewed_labels(ws, name)

@@ -658,7 +658,7 @@ class InferenceService:
             decoded = decode_request(data, self.spec.data.max_pixels, name=f"request {ctx.request_id}")
         except DecodeError as err:
             raise self.reject(ctx, RequestError(400, err.reason, err.detail, len(data))) from None
-        if should_capture(ctx.request_id, self.capture_share):
+        if should_capture(ctx.request_id, self.capture_share) and self._may_keep(ctx.camera):
             try:
                 decoded.capture = capture_image(self.captures, data, decoded.format)
             except OSError as err:  # a full disk costs the capture, never the answer
@@ -681,6 +681,11 @@ class InferenceService:
             self._shadow(shadow, decoded, ctx, key)
         return {"request_id": ctx.request_id, "model_version": model.version, "role": role,
                 "latency_ms": round(latency * 1000.0, 3), "task": model.task, **pred.payload}
+
+    def _may_keep(self, camera: str | None) -> bool:
+        """The spec's privacy rules hold for kept images too: no image of an excluded camera."""
+        pv = self.spec.curation.privacy
+        return not (camera in pv.exclude_cameras or (camera is None and pv.drop_missing_camera))
 
     def _shadow(self, model: LoadedModel, decoded: DecodedRequest, ctx: RequestContext, key: str | None) -> None:
         pool = self._shadow_pool

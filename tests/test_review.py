@@ -167,6 +167,12 @@ def test_auto_labels_respect_the_threshold_and_never_reach_val_or_test(tmp_path,
     assert "unlabeled/pure-green.png" not in df2.filter(pl.col("label_source") == "machine")["id"].to_list()
     assert changed.auto_labeled == res.auto_labeled - 1 and pl.read_parquet(scores).height == 9
 
+    # privacy rules hold for the pool: an excluded camera's images are neither labelled nor queued
+    private = spec.model_copy(update={"curation": spec.curation.model_copy(update={
+        "privacy": spec.curation.privacy.model_copy(update={"exclude_cameras": ["cam-new"]})})})
+    res3 = review.label_stage(private, ws, ing.manifest_path, ing.dataset_version, ing.classes, champion, None)
+    assert res3.pool["privacy_excluded"] == 7 and res3.auto_labeled <= 1 and res3.queued == 0
+
     # a higher threshold labels fewer, None labels nothing
     strict = spec.model_copy(update={"labeling": spec.labeling.model_copy(update={"auto_label_threshold": 0.999999})})
     res2 = review.label_stage(strict, ws, ing.manifest_path, ing.dataset_version, ing.classes, champion, None)

@@ -207,6 +207,19 @@ def test_predict_answers_with_the_champion(cls_env):
     assert rows["capture"].null_count() == 0 and rows["capture"].n_unique() == 3
 
 
+def test_no_image_of_a_privacy_excluded_camera_is_kept(cls_env):
+    spec, ws = cls_env
+    set_champion(ws, spec.name, 1)
+    spec = spec.model_copy(update={"curation": spec.curation.model_copy(update={
+        "privacy": spec.curation.privacy.model_copy(update={"exclude_cameras": ["cam-private"]})})})
+    service = InferenceService(spec, ws, ServiceConfig(**FAST))
+    with client(service) as c:
+        assert post(c, png(), **{"X-Camera": "cam-private", "X-Request-Id": "p-1"}).status_code == 200
+        assert post(c, png(TOY_COLOURS["green"]), **{"X-Camera": "cam-07", "X-Request-Id": "p-2"}).status_code == 200
+    rows = dict(log_rows(ws, spec.name).select("prediction_id", "capture").iter_rows())
+    assert rows["p-1"] is None and rows["p-2"] is not None
+
+
 def test_capture_share_is_a_stable_draw_per_request_id():
     ids = [f"req-{i}" for i in range(2000)]
     share = sum(serving.should_capture(i, 0.25) for i in ids) / len(ids)
