@@ -17,7 +17,8 @@ Export (:func:`write_queue`) writes three files into one folder:
 - ``label_config.xml``: the labelling interface to paste into the project (an ``Image`` named ``image``
   and a ``Choices`` / ``RectangleLabels`` / ``BrushLabels`` control named ``label``).
 - ``queue.csv``: the same queue for a spreadsheet review: ``id, content_hash, image, camera, reason, score,
-  predicted, confidence, label``; detection adds ``boxes`` (prefilled with the predicted boxes as JSON,
+  predicted, confidence, current_label, label`` (``current_label``: a labelled image sent back as a
+  suspected label error); detection adds ``boxes`` (prefilled with the predicted boxes as JSON,
   ``[{"x1", "y1", "x2", "y2", "category"}]`` in pixels), segmentation adds ``mask`` (empty; the reviewer
   writes the path of a PNG of class indices, relative to the CSV's folder or absolute).
 
@@ -81,7 +82,8 @@ QUARANTINE_SCHEMA = {"file": pl.String, "row": pl.Int64, "task_id": pl.String, "
 REASONS = ("missing_image", "unreviewed", "unknown_label", "conflicting_labels", "duplicate", "bad_box",
            "bad_mask", "bad_row")
 
-CSV_COLUMNS = ("id", "content_hash", "image", "camera", "reason", "score", "predicted", "confidence", "label")
+CSV_COLUMNS = ("id", "content_hash", "image", "camera", "reason", "score", "predicted", "confidence",
+               "current_label", "label")
 
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
@@ -266,6 +268,8 @@ def make_task(item: Mapping, task: str, classes: Sequence[str], model_version: s
     h = item.get("content_hash")
     data = {"image": item.get("image"), "content_hash": h, "conveyor_id": item.get("id"),
             "camera": item.get("camera"), "reason": item.get("reason"), "score": _plain(item.get("score"))}
+    if item.get("current_label") is not None:  # a labelled image sent back for a second look
+        data["current_label"] = item["current_label"]
     result: list[dict] | None = None
     if task == "classification":
         cls = item.get("predicted")
@@ -368,7 +372,7 @@ def write_queue(out_dir: Path, items: Sequence[Mapping], task: str, classes: Seq
         row = {"id": _fmt(it.get("id")), "content_hash": _fmt(it.get("content_hash")), "image": _fmt(it.get("image")),
                "camera": _fmt(it.get("camera")), "reason": _fmt(it.get("reason")), "score": _fmt(it.get("score")),
                "predicted": _predicted_cell(it, task, names), "confidence": _fmt(it.get("confidence")),
-               "label": "", "mask": ""}
+               "current_label": _fmt(it.get("current_label")), "label": "", "mask": ""}
         if task == "detection":
             boxes = it.get("boxes") or []
             row["boxes"] = json.dumps([{"x1": round(float(b["x1"]), 2), "y1": round(float(b["y1"]), 2),

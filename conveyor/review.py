@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -369,24 +370,29 @@ def label_stage(spec: Spec, ws: Workspace, manifest_path: str | Path, dataset_ve
     machine, scored = _score_pool(spec, ws, pool, champion, challenger, classes, progress)
     pool_info["candidates"] = pool.height
 
-    # 6. the review queue: the hard cases among the images nobody labelled
+    # 6. the review queue: wrong production answers (detection, segmentation), suspected label
+    #    errors of labelled images, then the hard cases among the images nobody labelled
     queue_paths, selection = None, None
     rest = scored.filter(~pl.col("content_hash").is_in(machine["content_hash"].to_list() if machine.height else []))
-    if lab.budget > 0 and rest.height:
+    suspects = _suspects(spec, ws, manifest, champion, progress) if lab.budget > 0 else manifest.clear()
+    pool_info["suspected_label_errors"] = suspects.height
+    if lab.budget > 0 and (rest.height or suspects.height):
+        first = rest.filter(pl.col("content_hash").is_in(list(fb_error_hashes))).head(lab.budget).with_columns(
+            pl.lit("feedback_error").alias("reason"), pl.lit(1.0).alias("score"))
+        quota = min(lab.budget - first.height, math.ceil(lab.budget * lab.mix.label_errors))  # a share > 0 is >= 1
+        errors = suspects.head(max(0, quota)).with_columns(pl.lit("label_error").alias("reason"),
+                                                           pl.col("confidence").alias("score"))
         counts = _class_counts(labeled, spec.task)
         rare = hardcases.rare_classes(counts, classes, lab.rare_share)
-        first = rest.filter(pl.col("content_hash").is_in(list(fb_error_hashes)))  # det/seg wrong answers
-        rest_sel = rest.filter(~pl.col("content_hash").is_in(list(fb_error_hashes)))
-        budget = max(0, lab.budget - first.height)
-        selection = hardcases.select_hard_cases(rest_sel, budget=budget, mix=lab.mix.model_dump(),
-                                                measure=lab.uncertainty, rare=rare,
-                                                max_distance=nd.max_distance, seed=spec.split.seed)
-        chosen = selection.selected
-        if first.height:
-            first = first.head(lab.budget).with_columns(pl.lit("feedback_error").alias("reason"),
-                                                        pl.lit(1.0).alias("score"))
-            chosen = pl.concat([first, chosen.drop("priority", strict=False)], how="diagonal_relaxed")
-            chosen = chosen.with_columns(pl.int_range(1, pl.len() + 1).alias("priority"))
+        mix = lab.mix.model_dump(exclude={"label_errors"})
+        if sum(mix.values()) <= 0:  # label errors only: what they leave goes to uncertainty
+            mix = {"uncertainty": 1.0}
+        selection = hardcases.select_hard_cases(
+            rest.filter(~pl.col("content_hash").is_in(list(fb_error_hashes))),
+            budget=max(0, lab.budget - first.height - errors.height), mix=mix, measure=lab.uncertainty, rare=rare,
+            max_distance=nd.max_distance, seed=spec.split.seed)
+        chosen = pl.concat([first, errors, selection.selected.drop("priority")], how="diagonal_relaxed")
+        chosen = chosen.with_columns(pl.int_range(1, pl.len() + 1).alias("priority"))
         if chosen.height:
             queue_paths = _write_queue(spec, ws, chosen, classes, champion, now)
 
@@ -409,6 +415,25 @@ def label_stage(spec: Spec, ws: Workspace, manifest_path: str | Path, dataset_ve
     return LabelStageResult(str(path), version, labeled.height, by_source, pool_info, machine.height,
                             summary["queued"], queue_paths, fb_info, len(rev_by_hash), str(spath),
                             summary["selection"])
+
+
+def _suspects(spec: Spec, ws: Workspace, manifest: pl.DataFrame, champion: ModelRef | None,
+              progress: bool) -> pl.DataFrame:
+    """Source images (classification) whose label the champion contradicts with at least
+    ``labeling.suspect_confidence``, surest first, with ``current_label`` and the champion's
+    ``predicted`` / ``confidence``. Labels a person reviewed are not second-guessed."""
+    lab = spec.labeling
+    model = _load(champion, spec.train.num_threads) if spec.task == "classification" and lab.mix.label_errors > 0 \
+        else None
+    rows = manifest.filter(pl.col("label_source") == "human") if model is not None else manifest.clear()
+    if rows.height == 0:
+        return rows.with_columns(pl.lit(None, pl.String).alias("current_label"),
+                                 pl.lit(None, pl.String).alias("predicted"), pl.lit(None, pl.Float64).alias("confidence"))
+    scores = _scores(spec, ws, rows, champion, model, progress).select("content_hash", "predicted", "confidence")
+    out = rows.join(scores, on="content_hash", how="inner").filter(
+        (pl.col("predicted") != pl.col("label")) & (pl.col("confidence") >= lab.suspect_confidence))
+    return out.with_columns(pl.col("label").alias("current_label")).sort(["confidence", "id"],
+                                                                         descending=[True, False])
 
 
 def _class_counts(df: pl.DataFrame, task: str) -> dict[str, int]:
@@ -641,7 +666,8 @@ def _write_queue(spec: Spec, ws: Workspace, chosen: pl.DataFrame, classes: list[
     for r in chosen.sort("priority").iter_rows(named=True):
         item = {"id": r["id"], "content_hash": r["content_hash"], "image": _image_ref(spec, r["path"]),
                 "width": r["width"], "height": r["height"], "camera": r.get("camera"), "reason": r.get("reason"),
-                "score": r.get("score"), "confidence": r.get("confidence"), "predicted": r.get("predicted")}
+                "score": r.get("score"), "confidence": r.get("confidence"), "predicted": r.get("predicted"),
+                "current_label": r.get("current_label")}
         if model is not None and spec.task != "classification":
             try:
                 outs, w, h = _run_model(model, r["path"], spec.data.max_pixels)

@@ -374,19 +374,32 @@ STRATEGIES = ("uncertainty", "disagreement", "rare", "diversity")
 
 
 class HardCaseMix(_Base):
-    """Shares of the review budget per strategy; an unfilled share passes to the next strategy."""
+    """Shares of the review budget per strategy; an unfilled share passes to the next strategy.
+    Without a mix in the spec the defaults hold; a mix in the spec names every share it wants."""
 
-    uncertainty: float = Field(default=0.5, ge=0, le=1, description="Images the champion is least sure about.")
+    uncertainty: float = Field(default=0.4, ge=0, le=1, description="Images the champion is least sure about.")
     disagreement: float = Field(default=0.2, ge=0, le=1,
                                 description="Images where the champion and the latest challenger disagree.")
     rare: float = Field(default=0.15, ge=0, le=1, description="Images predicted as a new or rare class.")
     diversity: float = Field(default=0.15, ge=0, le=1,
                              description="A spread of the rest (near-duplicates collapsed), so the queue is not "
                                          "all one corner of the data.")
+    label_errors: float = Field(
+        default=0.1, ge=0, le=1,
+        description="Labelled images whose label the champion contradicts with at least "
+                    "labeling.suspect_confidence (suspected label errors; classification).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _given_only(cls, data: Any) -> Any:
+        """A mix written in a spec is the whole mix: strategies it leaves out get no share."""
+        if isinstance(data, dict) and data:
+            return {k: data.get(k, 0.0) for k in cls.model_fields} | data
+        return data
 
     @model_validator(mode="after")
     def _sum(self) -> "HardCaseMix":
-        total = self.uncertainty + self.disagreement + self.rare + self.diversity
+        total = self.uncertainty + self.disagreement + self.rare + self.diversity + self.label_errors
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"labeling.mix must sum to 1.0, got {total:g}")
         return self
@@ -424,6 +437,10 @@ class LabelingSpec(_Base):
     uncertainty: Literal["least_confidence", "margin", "entropy"] = "margin"
     budget: int = Field(default=100, ge=0, description="Images sent to human review per cycle.")
     mix: HardCaseMix = Field(default_factory=HardCaseMix)
+    suspect_confidence: float = Field(
+        default=0.9, gt=0, le=1,
+        description="A labelled image is a suspected label error when the champion predicts another class with "
+                    "at least this confidence.")
     rare_share: float = Field(
         default=0.05, ge=0, lt=1,
         description="A class with less than this share of the labelled training data (or none) is rare.")

@@ -93,6 +93,20 @@ def publish_task(spec_name: str, summary: dict) -> None:
     create_table_artifact(table(rows), key=artifact_key(spec_name, "dataset"),
                           description=f"Dataset {summary['dataset_version']}: counts and quarantine reasons")
 
+    rv = ds.get("review")
+    if rv:  # the label and review loop: where labels came from, the pool, the queue
+        label_rows = [{"item": f"labels: {k}", "count": n} for k, n in (ds.get("label_sources") or {}).items()]
+        for kind, info in rv["pool"].items():
+            if isinstance(info, dict):
+                label_rows += [{"item": f"pool {kind}: received", "count": info.get("received", 0)},
+                               {"item": f"pool {kind}: quarantined", "count": info.get("quarantined", 0)}]
+        label_rows += [{"item": "auto-labelled (train only)", "count": rv["auto_labeled"]},
+                       {"item": "queued for review", "count": rv["queued"]}]
+        queue = rv.get("queue") or {}
+        create_table_artifact(table(label_rows), key=artifact_key(spec_name, "labels"),
+                              description=f"Label version {ds.get('label_version')}"
+                                          + (f"; review queue: {queue['tasks']}" if queue else ""))
+
     sp = summary["split"]
     split_rows = [{"split": s, "images": sp["counts"][s], "groups": sp["groups"][s],
                    "smallest class": min(sp["per_class"][s].values(), default=0)} for s in ("train", "val", "test")]

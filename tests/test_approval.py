@@ -11,6 +11,7 @@ import json
 import logging
 import struct
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +61,15 @@ def offline_run(run_dir: str | Path) -> dict:
     def key(item) -> str:
         return item.key or "/".join(item.nested_key)
 
+    # wandb's service process writes the log on its own: wait for the run's exit record (under load the
+    # file can lag behind run.finish() returning)
+    deadline = time.monotonic() + 60
+    records = wandb_records(run_dir)
+    while not any(r.WhichOneof("record_type") == "exit" for r in records) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        records = wandb_records(run_dir)
     run = {"config": {}, "history": [], "summary": {}, "artifacts": [], "run_id": None}
-    for rec in wandb_records(run_dir):
+    for rec in records:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             run["run_id"] = rec.run.run_id

@@ -57,7 +57,7 @@ def test_cycle_registers_caches_and_reacts_to_content(prefect_harness, tmp_path)
     assert (run_dir / "spec.yaml").exists() and (run_dir / "contracts.json").exists()
     assert json.loads((run_dir / "summary.json").read_text())["run_id"] == first["run_id"]
     assert {r["metric"] for r in first["reasons"]} == {"f1", "latency_p95_ms"}
-    assert artifact_keys(first["run_id"]) == {"toy-dataset", "toy-split", "toy-metrics", "toy-gate", "toy-report"}
+    assert artifact_keys(first["run_id"]) == {"toy-dataset", "toy-labels", "toy-split", "toy-metrics", "toy-gate", "toy-report"}
     states = task_states(first["run_id"])
     assert all(s == ["Completed"] for name, s in states.items() if name in CACHED_STAGES), states
     # the gate report: rendered last, linked as an artifact, in the summary and indexed under the version
@@ -71,7 +71,7 @@ def test_cycle_registers_caches_and_reacts_to_content(prefect_harness, tmp_path)
     # unchanged data and spec: every stage is a cache hit and nothing new is registered
     second = continuous_training(spec_path=str(spec_path), workspace=str(ws))
     assert second["decision"] == "skipped" and second["model_version"] == 1
-    assert artifact_keys(second["run_id"]) == {"toy-dataset", "toy-split", "toy-metrics", "toy-gate", "toy-report"}
+    assert artifact_keys(second["run_id"]) == {"toy-dataset", "toy-labels", "toy-split", "toy-metrics", "toy-gate", "toy-report"}
     states = task_states(second["run_id"])
     for stage in CACHED_STAGES:
         assert states[stage] == ["Cached"], (stage, states)

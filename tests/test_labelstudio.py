@@ -268,7 +268,7 @@ def test_write_queue_files(tmp_path):
     ET.fromstring(Path(paths["config"]).read_text())
     rows = _read_csv(Path(paths["csv"]))
     assert list(rows[0]) == ["id", "content_hash", "image", "camera", "reason", "score", "predicted", "confidence",
-                             "label", "boxes"]
+                             "current_label", "label", "boxes"]
     assert rows[0]["label"] == "" and json.loads(rows[0]["boxes"])[0]["category"] == "person"
     assert json.loads(rows[1]["boxes"]) == []
     assert not list((tmp_path / "q").glob("*.tmp"))

@@ -446,3 +446,39 @@ def test_segmentation_machine_masks_and_a_brush_review_round_trip(tmp_path):
     assert r["id"] == "unlabeled/unsure.png" and np.array_equal(got == 1, painted) and r["mask_classes"] == [
         "background", "defect"]
     assert res2.queued == 0
+
+
+def test_a_suspected_label_error_goes_to_review_and_the_correction_is_a_label_change(tmp_path, colour_model):
+    manifest = write_toy_dataset(tmp_path / "data", per_class_per_camera=2, cameras=4)
+    df = pl.read_csv(manifest, infer_schema=False)
+    wrong = df.filter(pl.col("label") == "red")["path"][0]
+    df.with_columns(pl.when(pl.col("path") == wrong).then(pl.lit("blue")).otherwise(pl.col("label"))
+                    .alias("label")).write_csv(manifest)  # a red square labelled blue
+    d = toy_spec_dict(source=str(manifest), labeling={"budget": 5, "suspect_confidence": 0.9})
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(d))
+    spec = spec_from_dict(d, base_dir=tmp_path)
+    ws = Workspace(tmp_path / "workspace")
+    _champion(ws, colour_model)
+    ing = ingest(spec, ws.datasets)
+    res = review.label_stage(spec, ws, ing.manifest_path, ing.dataset_version, ing.classes,
+                             *review.model_refs(ws.registry, "toy"))
+    assert res.pool["suspected_label_errors"] == 1
+    (task,) = json.loads(Path(res.queue["tasks"]).read_text())
+    assert (task["data"]["conveyor_id"], task["data"]["reason"], task["data"]["current_label"]) == (
+        wrong, "label_error", "blue")
+    assert task["predictions"][0]["result"][0]["value"]["choices"] == ["red"]
+    csv = pl.read_csv(res.queue["csv"], infer_schema=False)
+    assert csv["current_label"].to_list() == ["blue"] and csv["predicted"].to_list() == ["red"]
+    before = labels.publish(ws, "toy", pl.read_parquet(res.manifest_path)).version
+
+    csv.with_columns(pl.lit("red").alias("label")).write_csv(tmp_path / "reviewed.csv")  # the reviewer agrees
+    imp = review.import_review(spec, ws, tmp_path / "reviewed.csv")
+    assert (imp.accepted, imp.changed, imp.added) == (1, 1, 0)
+    (change,) = labels.diff(ws, "toy", before, imp.label_version).changed
+    assert (change["id"], change["old"], change["new"], change["new_source"]) == (wrong, "blue", "red", "review")
+    res2 = review.label_stage(spec, ws, ing.manifest_path, ing.dataset_version, ing.classes,
+                              *review.model_refs(ws.registry, "toy"))
+    row = pl.read_parquet(res2.manifest_path).filter(pl.col("id") == wrong).row(0, named=True)
+    assert (row["label"], row["label_source"]) == ("red", "review")
+    assert res2.pool["suspected_label_errors"] == 0 and res2.queue is None
+    assert labels.publish(ws, "toy", pl.read_parquet(res2.manifest_path)).version == imp.label_version
