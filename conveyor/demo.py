@@ -140,10 +140,12 @@ def write_unlabeled_batch(root: str | Path, n: int, seed: int = 7) -> Path:
 
 
 def review_as_truth(queue_csv: str | Path, truth_csv: str | Path, out: str | Path, prefix: str = "unlabeled/") -> Path:
-    """The demo's reviewer: fills the queue CSV's ``label`` column with the true digits."""
+    """The demo's reviewer: fills the queue CSV's ``label`` column with the true digits (a labelled
+    image sent back as a suspected label error keeps its label: the demo's labels are the truth)."""
     truth = dict(pl.read_csv(truth_csv, infer_schema=False).iter_rows())
     q = pl.read_csv(queue_csv, infer_schema=False)
-    labels = [truth.get(i[len(prefix):] if i.startswith(prefix) else i) for i in q["id"].to_list()]
+    current = q["current_label"].to_list() if "current_label" in q.columns else [None] * q.height
+    labels = [truth.get(i[len(prefix):]) if i.startswith(prefix) else c for i, c in zip(q["id"].to_list(), current)]
     q.with_columns(pl.Series("label", labels, dtype=pl.Utf8)).write_csv(out)
     return Path(out)
 

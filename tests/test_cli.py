@@ -89,7 +89,11 @@ def test_demo_end_to_end(tmp_path):
     pool = rv["pool"]["unlabeled"]
     assert pool["received"] == pool["accepted"] == 300
     assert rv["auto_labeled"] > 0 and rv["queued"] > 0
-    assert rv["auto_labeled"] + rv["queued"] + rv["pool"].get("near_duplicate_of_labeled", 0) == 300
+    queue = pl.read_csv(rv["queue"]["csv"], infer_schema=False)
+    from_pool = queue.filter(pl.col("id").str.starts_with("unlabeled/")).height
+    assert rv["auto_labeled"] + from_pool + rv["pool"].get("near_duplicate_of_labeled", 0) == 300
+    # the rest of the queue: labelled images the champion contradicts (suspected label errors)
+    assert set(queue.filter(~pl.col("id").str.starts_with("unlabeled/"))["reason"].to_list()) <= {"label_error"}
     assert d["label_sources"]["machine"] == rv["auto_labeled"]
     truth = dict(pl.read_csv(tmp_path / "demo" / "data" / "digits" / "unlabeled-truth.csv", infer_schema=False).iter_rows())
     labelled = pl.read_parquet(second["split"]["path"]).filter(pl.col("label_source") == "machine")
