@@ -346,9 +346,8 @@ def _collect_folder(spec: Spec, src: Path, labeled: bool = True) -> _Collected:
                 items.append(it)
 
     class_dirs = 0
-    if not labeled:
+    if not labeled:  # every file below the root is an item; there are no class folders to look for
         walk(root, "", None, {root})
-        class_dirs = 1
     for e in (sorted(os.scandir(root), key=lambda e: e.name) if labeled else []):
         if e.name.startswith(".") or not e.is_dir():  # follows symlinks; top-level files are not items
             continue
@@ -361,7 +360,7 @@ def _collect_folder(spec: Spec, src: Path, labeled: bool = True) -> _Collected:
         if real == root:
             continue  # a link to the root itself is no class
         walk(real, e.name, e.name, {root, real})
-    if class_dirs == 0:
+    if labeled and class_dirs == 0:
         raise IngestError(f"data.source {root} has no class sub-folders (expected <root>/<class>/<image>)")
 
     meta_files: list[Path] = []

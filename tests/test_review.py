@@ -73,8 +73,15 @@ def _pool(root: Path, cameras: dict[str, str]) -> dict[str, float]:
         _blend(root / rel, a, b, share, seed=i)
         shares[rel] = share
         rows.append({"path": rel, "camera": cameras.get(name, "cam-new"), "captured_at": "2026-11-01T10:00:00Z"})
+    (root / "empty.png").write_bytes(b"")  # what real uploads bring besides images
+    (root / "notes.png").write_text("not an image\n")
     pl.DataFrame(rows).write_csv(root / "metadata.csv")
     return shares
+
+
+def _images(root: Path) -> list[Path]:
+    """The pool's real images (not the zero-byte and text files that ingest quarantines)."""
+    return [p for p in sorted(root.glob("*.png")) if p.name not in ("empty.png", "notes.png")]
 
 
 def _setup(tmp_path: Path, colour_model: Path, **labeling):
@@ -108,13 +115,17 @@ def test_auto_labels_respect_the_threshold_and_never_reach_val_or_test(tmp_path,
     res = review.label_stage(spec, ws, ing.manifest_path, ing.dataset_version, ing.classes, champion, challenger)
     df = pl.read_parquet(res.manifest_path)
     machine = df.filter(pl.col("label_source") == "machine")
-    assert res.pool["unlabeled"]["received"] == 8 and res.pool["unlabeled"]["accepted"] == 8
+    u = res.pool["unlabeled"]  # bad files are quarantined with their reasons, every file accounted for
+    assert (u["received"], u["accepted"], u["quarantined"]) == (10, 8, 2)
+    assert u["quarantine_reasons"] == {"not_an_image": 1, "zero_byte": 1}
+    q = pl.read_parquet(u["quarantine_path"])
+    assert sorted(q["rel_path"].to_list()) == ["empty.png", "notes.png"]
     # exactly the images whose confidence reaches 0.9 got machine labels, each its dominant colour
     from conveyor.serving import LoadedModel, decode_request
 
     m = LoadedModel(1, colour_model)
     sure = {}
-    for p in sorted((tmp_path / "incoming").glob("*.png")):
+    for p in _images(tmp_path / "incoming"):
         logits = m.session.run(None, {m.input_name: decode_request(p.read_bytes(), 10**8).input(16)})[0][0]
         probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
         if probs.max() >= 0.9:
@@ -127,7 +138,7 @@ def test_auto_labels_respect_the_threshold_and_never_reach_val_or_test(tmp_path,
     # the queue: the three least sure images (by margin) of those the champion could not label
     tasks = json.loads(Path(res.queue["tasks"]).read_text())
     queued = [t["data"]["conveyor_id"] for t in tasks]
-    unsure = {f"unlabeled/{p.name}": _margin(colour_model, str(p)) for p in (tmp_path / "incoming").glob("*.png")
+    unsure = {f"unlabeled/{p.name}": _margin(colour_model, str(p)) for p in _images(tmp_path / "incoming")
               if f"unlabeled/{p.name}" not in sure}
     want = sorted(unsure, key=lambda k: -unsure[k])[:3]
     assert queued == want
