@@ -402,7 +402,7 @@ def label_stage(spec: Spec, ws: Workspace, manifest_path: str | Path, dataset_ve
     out = ws.root / "labeled" / version
     out.mkdir(parents=True, exist_ok=True)
     path = write_parquet_atomic(labeled, out / "manifest.parquet")
-    _write_known(ws, name, labeled, scored if scored.height else pool, in_source, classes, spec.task)
+    _write_known(ws, name, labeled, scored, in_source, classes, spec.task)
     by_source = {s: int((labeled["label_source"] == s).sum()) for s in LABEL_SOURCES}
     summary = {"labeled_version": version, "dataset_version": dataset_version, "rows": labeled.height,
                "by_source": by_source, "pool": pool_info, "auto_labeled": machine.height,
@@ -590,7 +590,8 @@ def _score_pool(spec: Spec, ws: Workspace, pool: pl.DataFrame, champion: ModelRe
     if model is None:
         return pool.clear(), pool
     scores = _scores(spec, ws, pool, champion, model, progress)
-    scored = pool.join(scores.drop("boxes"), on="content_hash", how="left")
+    # detection: the champion's boxes (JSON) stay with the scores as the queue's pre-annotation
+    scored = pool.join(scores.rename({"boxes": "predicted_boxes"}), on="content_hash", how="left")
     other = _load(challenger, spec.train.num_threads)
     if other is not None:
         theirs = _scores(spec, ws, pool, challenger, other, progress).select(
@@ -660,25 +661,23 @@ def _image_ref(spec: Spec, path: str) -> str:
 
 def _write_queue(spec: Spec, ws: Workspace, chosen: pl.DataFrame, classes: list[str], champion: ModelRef | None,
                  now: datetime) -> dict[str, Any]:
-    """The queue as Label Studio tasks (predictions as pre-annotations), its config and a CSV."""
-    model = _load(champion)
+    """The queue as Label Studio tasks (predictions as pre-annotations), its config and a CSV.
+    Detection's boxes come with the scores; a segmentation mask is made from the champion's outputs."""
+    model = _load(champion) if spec.task == "segmentation" else None
     items = []
     for r in chosen.sort("priority").iter_rows(named=True):
         item = {"id": r["id"], "content_hash": r["content_hash"], "image": _image_ref(spec, r["path"]),
                 "width": r["width"], "height": r["height"], "camera": r.get("camera"), "reason": r.get("reason"),
                 "score": r.get("score"), "confidence": r.get("confidence"), "predicted": r.get("predicted"),
                 "current_label": r.get("current_label")}
-        if model is not None and spec.task != "classification":
+        if r.get("predicted_boxes") is not None:
+            item["boxes"] = json.loads(r["predicted_boxes"])
+        if model is not None:
             try:
                 outs, w, h = _run_model(model, r["path"], spec.data.max_pixels)
-            except Exception:  # noqa: BLE001 - no pre-annotation for this one
-                outs = None
-            if outs is not None and spec.task == "detection":
-                item["boxes"] = hardcases.machine_boxes(
-                    np.asarray(outs["boxes"]).reshape(-1, 4), np.asarray(outs["scores"]).reshape(-1),
-                    np.asarray(outs["labels"]).reshape(-1), model.classes, model.image_size, w, h)
-            elif outs is not None:
                 item["mask"] = hardcases.machine_mask(outs["logits"], 0.0, spec.data.ignore_index, w, h)
+            except Exception:  # noqa: BLE001 - the file changed since ingest: no pre-annotation for this one
+                pass
         items.append(item)
     queue_id = stable_hash([(i["content_hash"], i["reason"]) for i in items] + [champion.version if champion else None])
     qdir = review_dir(ws, spec.name) / "queue" / queue_id

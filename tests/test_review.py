@@ -404,6 +404,9 @@ def test_detection_machine_boxes_join_the_manifest(tmp_path):
     res = review.label_stage(strict, ws, ing.manifest_path, ing.dataset_version, ing.classes,
                              *review.model_refs(ws.registry, "det"))
     assert res.auto_labeled == 0 and res.queued == 1  # 0.7 is not sure enough: a person looks at it
+    (task,) = json.loads(Path(res.queue["tasks"]).read_text())  # the champion's boxes as the pre-annotation
+    rects = sorted((r["value"]["rectanglelabels"][0], r["value"]["x"]) for r in task["predictions"][0]["result"])
+    assert rects == [("green", 12.5), ("red", 0.0)]
 
 
 def test_segmentation_machine_masks_and_a_brush_review_round_trip(tmp_path):
