@@ -15,6 +15,9 @@ from typing import Any
 def _prepare_env(workspace: Path) -> None:
     """Quiet, offline defaults, and Prefect state under the workspace (set before Prefect is imported)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A first start creates and migrates the temporary API's database; on a busy 2-core machine that can take
+    # longer than Prefect's 20 s default, and the run would fail before any stage ran.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("DO_NOT_TRACK", "1")

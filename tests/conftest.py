@@ -7,6 +7,7 @@ import tempfile
 
 # Before Prefect, Great Expectations or wandb are imported anywhere.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # Experiment tracking is off in tests that do not test it (each offline run costs ~0.15 s and writes
 # files); tests/test_approval.py switches it on. CONVEYOR_TEST_WANDB_MODE=offline tracks every test.
