@@ -400,7 +400,7 @@ def cmd_demo(args) -> int:
 def _demo_review(spec, workspace: str | None, summary: dict, spec_path: Path, quiet: bool) -> dict | None:
     """The demo plays the reviewer: the last cycle's review queue labelled with the true digits and
     imported, which makes the label version the next cycle trains on."""
-    from conveyor import labels, review
+    from conveyor import review
     from conveyor.demo import review_as_truth
     from conveyor.workspace import Workspace
 
@@ -416,11 +416,11 @@ def _demo_review(spec, workspace: str | None, summary: dict, spec_path: Path, qu
     ws = Workspace(spec.workspace_path(workspace))
     reviewed = review_as_truth(queue["csv"], truth, spec_path.parent / "reviewed-queue.csv")
     res = review.import_review(spec, ws, reviewed)
-    d = labels.diff(ws, spec.name, res.parent_version, res.label_version) if res.parent_version else None
     if not quiet:
         print(f"review import {reviewed}: {res.accepted} of {res.received} accepted, {res.quarantined} quarantined"
               f"{' ' + str(res.quarantine_reasons) if res.quarantined else ''}; label version {res.label_version}"
-              + (f" ({len(d.added)} images added, {len(d.changed)} changed since {res.parent_version})" if d else ""))
+              + (f" ({res.added} images added, {res.changed} relabelled, "
+                 f"{res.confirmed} confirmed since {res.parent_version})" if res.parent_version else ""))
         print(f"  the next cycle trains on it; see: conveyor labels diff {spec_path} previous")
     return res.to_dict()
 
@@ -493,7 +493,9 @@ def cmd_labels_diff(args) -> int:
     if args.json:
         print(json.dumps(d.to_dict(), indent=2))
         return 0
-    print(f"labels {d.old} -> {d.new}: {len(d.changed)} changed, {len(d.added)} added, {len(d.removed)} removed")
+    same = sum(1 for c in d.changed if c["old"] == c["new"])
+    print(f"labels {d.old} -> {d.new}: {len(d.changed)} changed, {len(d.added)} added, {len(d.removed)} removed"
+          + (f" ({same} of the changed keep their label; only who labelled them changed)" if same else ""))
     for c in d.changed:
         src = f" ({c['old_source']} -> {c['new_source']})" if c["old_source"] != c["new_source"] else ""
         print(f"  ~ {c['id']}: {c['old']} -> {c['new']}{src}")
@@ -560,7 +562,8 @@ def cmd_review_import(args) -> int:
             print(f"already imported (import {res.import_id}); label version {res.label_version} unchanged")
         elif res.label_version and res.label_version != res.parent_version:
             print(f"new label version {res.label_version} (parent {res.parent_version or '-'}): "
-                  f"{res.changed} changed, {res.added} added; the next cycle trains on it")
+                  f"{res.changed} relabelled, {res.confirmed} confirmed, {res.added} added; "
+                  f"the next cycle trains on it")
         else:
             print("no new label version (nothing accepted)")
     return 0 if res.accepted or not res.quarantined else 1

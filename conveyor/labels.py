@@ -107,9 +107,18 @@ def publish_table(ws: Workspace, name: str, table: pl.DataFrame) -> LabelVersion
     return LabelVersion(version, str(path), table.height, parent, True)
 
 
-def apply_reviews(ws: Workspace, name: str, reviewed: pl.DataFrame, task: str) -> tuple[LabelVersion, int, int]:
+@dataclass
+class ReviewCounts:
+    """What a review import did to the labels, counted by image: new images, images whose label changed,
+    and images whose label a reviewer confirmed (same label, now from review)."""
+    added: int = 0
+    changed: int = 0
+    confirmed: int = 0
+
+
+def apply_reviews(ws: Workspace, name: str, reviewed: pl.DataFrame, task: str) -> tuple[LabelVersion, ReviewCounts]:
     """The latest label version with reviewed labels applied (source ``review``), published as a new
-    version; returns it with the number of images added and changed. ``reviewed`` has the columns
+    version; returns it with what changed, counted by image. ``reviewed`` has the columns
     content_hash, id and label (classification), boxes (detection, JSON) or mask_hash (segmentation)."""
     past = history(ws, name)
     base = (pl.read_parquet(labels_dir(ws, name) / f"{past[-1]['version']}.parquet") if past
@@ -124,10 +133,13 @@ def apply_reviews(ws: Workspace, name: str, reviewed: pl.DataFrame, task: str) -
                         "label": pl.Series(label, dtype=pl.String), "source": ["review"] * reviewed.height},
                        schema=LABEL_SCHEMA)
     before = dict(zip(base["content_hash"].to_list(), base["label"].to_list()))
-    added = sum(1 for h in new["content_hash"].to_list() if h not in before)
-    changed = sum(1 for h, lab in zip(new["content_hash"].to_list(), label) if h in before and before[h] != lab)
+    after = dict(zip(new["content_hash"].to_list(), label))  # one label per image: conflicts were quarantined
+    counts = ReviewCounts(added=sum(1 for h in after if h not in before),
+                          changed=sum(1 for h, lab in after.items() if h in before and before[h] != lab),
+                          confirmed=sum(1 for h, lab in after.items() if h in before and before[h] == lab))
+    new = new.unique(subset="content_hash", keep="first", maintain_order=True)
     table = pl.concat([new, base.filter(~pl.col("content_hash").is_in(new["content_hash"].to_list()))])
-    return publish_table(ws, name, table), added, changed
+    return publish_table(ws, name, table), counts
 
 
 def resolve(ws: Workspace, name: str, ref: str) -> str:

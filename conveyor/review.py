@@ -703,6 +703,7 @@ class ImportResult:
     changed: int
     added: int
     already_imported: bool = False
+    confirmed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -746,15 +747,16 @@ def import_review(spec: Spec, ws: Workspace, file: str | Path) -> ImportResult:
                      "import_id": import_id, "imported_at": now})
     table = pl.DataFrame(rows, schema=REVIEW_SCHEMA)
     parent = labels.history(ws, name)[-1]["version"] if labels.history(ws, name) else None
-    version, added, changed = parent, 0, 0
+    version, counts = parent, labels.ReviewCounts()
     if not already and table.height:
         write_parquet_atomic(table, reviews_dir(ws, name) / f"{import_id}.parquet")
         labels.append_log(index_path, {"import_id": import_id, "file": str(file), "imported_at": now,
                                        "accepted": table.height, "quarantined": checked.quarantined.height})
-        lv, added, changed = labels.apply_reviews(ws, name, table, spec.task)
+        lv, counts = labels.apply_reviews(ws, name, table, spec.task)
         version = lv.version
     result = ImportResult(import_id, str(file), checked.received, len(checked.accepted), checked.quarantined.height,
-                          checked.reasons, str(qpath), version, parent, changed, added, already)
+                          checked.reasons, str(qpath), version, parent, counts.changed, counts.added, already,
+                          counts.confirmed)
     atomic_write_json(idir / "import.json", result.to_dict())
     return result
 

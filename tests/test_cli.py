@@ -101,6 +101,8 @@ def test_demo_end_to_end(tmp_path):
     assert right >= 0.98 * labelled.height
     imp = second["review_import"]
     assert imp["accepted"] == rv["queued"] and imp["quarantined"] == 0
+    # queued pool images are new labels; a suspected label error is either relabelled or confirmed
+    assert imp["added"] == from_pool and imp["changed"] + imp["confirmed"] == rv["queued"] - from_pool
     assert imp["label_version"] != d["label_version"] and imp["parent_version"] == d["label_version"]
 
     # between the batches the monitor saw the new cameras drift, and the cool-down held the cycle back

@@ -462,7 +462,8 @@ def test_segmentation_machine_masks_and_a_brush_review_round_trip(tmp_path):
     assert res2.queued == 0
 
 
-def test_a_suspected_label_error_goes_to_review_and_the_correction_is_a_label_change(tmp_path, colour_model):
+def test_a_suspected_label_error_goes_to_review_and_the_correction_is_a_label_change(tmp_path, colour_model,
+                                                                                     capsys):
     manifest = write_toy_dataset(tmp_path / "data", per_class_per_camera=2, cameras=4)
     df = pl.read_csv(manifest, infer_schema=False)
     wrong = df.filter(pl.col("label") == "red")["path"][0]
@@ -485,9 +486,19 @@ def test_a_suspected_label_error_goes_to_review_and_the_correction_is_a_label_ch
     assert csv["current_label"].to_list() == ["blue"] and csv["predicted"].to_list() == ["red"]
     before = labels.publish(ws, "toy", pl.read_parquet(res.manifest_path)).version
 
-    csv.with_columns(pl.lit("red").alias("label")).write_csv(tmp_path / "reviewed.csv")  # the reviewer agrees
+    # a first reviewer keeps the label: confirmed, not changed; the diff says only who labelled it changed
+    csv.with_columns(pl.lit("blue").alias("label")).write_csv(tmp_path / "kept.csv")
+    kept = review.import_review(spec, ws, tmp_path / "kept.csv")
+    assert (kept.accepted, kept.changed, kept.added, kept.confirmed) == (1, 0, 0, 1)
+    assert main(["labels", "diff", str(tmp_path / "spec.yaml"), before, kept.label_version,
+                 "--workspace", str(ws.root)]) == 0
+    out = capsys.readouterr().out
+    assert "1 changed, 0 added, 0 removed (1 of the changed keep their label" in out
+    assert f"~ {wrong}: blue -> blue (human -> review)" in out
+
+    csv.with_columns(pl.lit("red").alias("label")).write_csv(tmp_path / "reviewed.csv")  # the next one agrees
     imp = review.import_review(spec, ws, tmp_path / "reviewed.csv")
-    assert (imp.accepted, imp.changed, imp.added) == (1, 1, 0)
+    assert (imp.accepted, imp.changed, imp.added, imp.confirmed) == (1, 1, 0, 0)
     (change,) = labels.diff(ws, "toy", before, imp.label_version).changed
     assert (change["id"], change["old"], change["new"], change["new_source"]) == (wrong, "blue", "red", "review")
     res2 = review.label_stage(spec, ws, ing.manifest_path, ing.dataset_version, ing.classes,
