@@ -46,10 +46,8 @@ class LabelVersion:
         return asdict(self)
 
 
-def labels_dir(ws: Workspace, name: str) -> Path:
-    p = ws.root / "labels" / name
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+def labels_dir(ws: Workspace, name: str, *sub: str) -> Path:
+    return ws.subdir("labels", name, *sub)
 
 
 def label_table(manifest: pl.DataFrame) -> pl.DataFrame:

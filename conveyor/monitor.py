@@ -32,9 +32,7 @@ SEEN_IMAGES = "seen_images.parquet"
 
 # ---- where things live --------------------------------------------------------------------------
 def monitoring_dir(ws: Workspace, name: str) -> Path:
-    p = ws.root / "monitoring" / name
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    return ws.subdir("monitoring", name)
 
 
 def profile_store(ws: Workspace, name: str) -> profiles.ProfileStore:

@@ -90,21 +90,15 @@ class LabelStageResult:
 
 # ---- where things live --------------------------------------------------------------------------
 def review_dir(ws: Workspace, name: str) -> Path:
-    p = ws.root / "review" / name
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    return ws.subdir("review", name)
 
 
 def reviews_dir(ws: Workspace, name: str) -> Path:
-    p = labels.labels_dir(ws, name) / "reviews"
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    return labels.labels_dir(ws, name, "reviews")
 
 
 def masks_dir(ws: Workspace, name: str) -> Path:
-    p = labels.labels_dir(ws, name) / "masks"
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    return labels.labels_dir(ws, name, "masks")
 
 
 def feedback_path(spec: Spec) -> Path:
@@ -399,8 +393,7 @@ def label_stage(spec: Spec, ws: Workspace, manifest_path: str | Path, dataset_ve
     labeled = pl.concat([labeled, machine], how="diagonal_relaxed")
     labeled = _conform(labeled, manifest)
     version = _labeled_version(labeled, dataset_version)
-    out = ws.root / "labeled" / version
-    out.mkdir(parents=True, exist_ok=True)
+    out = ws.subdir("labeled", version)
     path = write_parquet_atomic(labeled, out / "manifest.parquet")
     _write_known(ws, name, labeled, scored, in_source, classes, spec.task)
     by_source = {s: int((labeled["label_source"] == s).sum()) for s in LABEL_SOURCES}
