@@ -39,4 +39,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_review.py
 
 clean:
-	rm -rf .demo workspace examples/workspace examples/data .pytest_cache
+	rm -rf .demo workspace conveyor/demo/specs/workspace conveyor/demo/specs/data .pytest_cache site

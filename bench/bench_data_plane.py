@@ -6,7 +6,7 @@ Writes N small PNG images (sklearn digits, upscaled to 32-64 px RGB with varied 
 background) into a temporary folder-per-class dataset, warms the file cache, then times
 
   (a) a plain loop ``Image.open(p).convert("RGB")`` + ``.load()`` over the files, and
-  (b) ``conveyor.ingest.ingest`` + ``conveyor.curate.curate`` (fresh output folders each time),
+  (b) ``conveyor.data.ingest.ingest`` + ``conveyor.data.curate.curate`` (fresh output folders each time),
 
 best of ``--repeats`` for each, in the same process, and prints images/s, the ratio
 (ingest+curate) / (plain decode) and PASS/MISS against the goal (>= 0.8x).
@@ -27,9 +27,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conveyor.curate import curate  # noqa: E402
-from conveyor.ingest import ingest  # noqa: E402
-from conveyor.spec import spec_from_dict  # noqa: E402
+from conveyor.data.curate import curate  # noqa: E402
+from conveyor.data.ingest import ingest  # noqa: E402
+from conveyor.core.spec import spec_from_dict  # noqa: E402
 
 GOAL = 0.8
 

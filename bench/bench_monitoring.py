@@ -40,8 +40,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_data_plane import best_of  # noqa: E402  (the same best-of-N timer)
-from conveyor import drift, imageio, profiles  # noqa: E402
-from conveyor.spec import DriftTrigger  # noqa: E402
+from conveyor.monitoring import drift
+from conveyor.data import imageio
+from conveyor.monitoring import profiles  # noqa: E402
+from conveyor.core.spec import DriftTrigger  # noqa: E402
 
 PROFILE_GOAL = 0.5
 DRIFT_GOAL_S = 1.0

@@ -3,7 +3,7 @@
     python bench/bench_onnx_latency.py [--model resnet10t --image-size 32 --runs 300 --threads 2]
 
 Builds the model (random initial weights: latency does not depend on the values), wraps it in the
-deployable graph that ``conveyor.evaluate`` exports (normalisation included), exports it to ONNX
+deployable graph that ``conveyor.model.evaluate`` exports (normalisation included), exports it to ONNX
 (opset 17, ``dynamo=False``), checks parity, and times batch-1 calls on both backends with pinned
 threads and warm-up. The goal is ORT p95 <= 0.6 x torch p95; the verdict is PASS or MISS.
 
@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from conveyor.evaluate import run_onnx_batched, export_onnx_model, measure_onnx_latency, measure_torch_latency, onnx_session
+    from conveyor.model.evaluate import run_onnx_batched, export_onnx_model, measure_onnx_latency, measure_torch_latency, onnx_session
     from conveyor import kinds
 
-    kind = kinds.get(args.task)
+    kind = kinds.get(args.task).training
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)

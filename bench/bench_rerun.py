@@ -33,8 +33,8 @@ def main() -> int:
     os.environ["CONVEYOR_REPORT"] = "0"
     root = Path(args.keep or tempfile.mkdtemp(prefix="conveyor-bench-rerun-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    from conveyor.cli import _prepare_env
-    from conveyor.demo import bundled_example, write_demo_batch
+    from conveyor.cli.main import _prepare_env
+    from conveyor.demo.bundled import bundled_example, write_demo_batch
 
     _prepare_env(root / "workspace")
     import yaml
@@ -48,7 +48,7 @@ def main() -> int:
 
     from prefect import flow
 
-    from flows.cycle import continuous_training
+    from conveyor.orchestration.flows.cycle import continuous_training
 
     @flow
     def warm_up() -> None:
@@ -66,13 +66,13 @@ def main() -> int:
         times.append(time.perf_counter() - t)
         print(f"{label:>16}: {times[-1]:7.2f} s  decision={s['decision']} model=v{s['model_version']}")
 
-    from conveyor.report import render_report
+    from conveyor.reporting.report import render_report
 
     report_s = render_report(s["run_dir"]).seconds
 
     env = dict(os.environ)
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "conveyor.cli", "run", str(spec_path), "--workspace", str(root / "workspace"),
+    subprocess.run([sys.executable, "-m", "conveyor.cli.main", "run", str(spec_path), "--workspace", str(root / "workspace"),
                     "--json"], check=True, capture_output=True, env=env)
     cli_rerun = time.perf_counter() - t
 

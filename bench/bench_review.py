@@ -38,10 +38,10 @@ def _champion(ws, name: str, root: Path) -> None:
     import timm
     import torch
 
-    from conveyor.evaluate import export_onnx_model
-    from conveyor.kinds import classification
-    from conveyor.registry import Registry
-    from conveyor.utils import sha256_file
+    from conveyor.model.evaluate import export_onnx_model
+    from conveyor.kinds.classification import model as classification
+    from conveyor.release.registry import Registry
+    from conveyor.core.io import sha256_file
 
     classes = [str(i) for i in range(10)]
     meta = {"classes": classes, "image_size": 32, "model_name": "resnet10t", "mean": (0.485, 0.456, 0.406),
@@ -69,11 +69,11 @@ def main() -> int:
     import yaml
     from PIL import Image
 
-    from conveyor import review
-    from conveyor.demo import bundled_example, write_unlabeled_batch
-    from conveyor.ingest import ingest
-    from conveyor.spec import load_spec
-    from conveyor.workspace import Workspace
+    from conveyor.labels import stage as review
+    from conveyor.demo.bundled import bundled_example, write_unlabeled_batch
+    from conveyor.data.ingest import ingest
+    from conveyor.core.spec import load_spec
+    from conveyor.core.workspace import Workspace
 
     root = Path(tempfile.mkdtemp(prefix="conveyor-bench-review-")).resolve()
     try:

@@ -109,14 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import yaml
 
-    from conveyor import feedback, kinds, monitor
-    from conveyor.evaluate import export_onnx_model
-    from conveyor.registry import Registry
-    from conveyor.serving import LoadedModel, decode_request
-    from conveyor.utils import sha256_file
-    from conveyor.workspace import Workspace
+    from conveyor.monitoring import feedback
+    from conveyor import kinds
+    from conveyor.monitoring import monitor
+    from conveyor.model.evaluate import export_onnx_model
+    from conveyor.release.registry import Registry
+    from conveyor.serving.runtime import LoadedModel, decode_request
+    from conveyor.core.io import sha256_file
+    from conveyor.core.workspace import Workspace
 
-    kind = kinds.get("classification")
+    kind = kinds.get("classification").training
     torch.manual_seed(0)
     model = kind.build_model(args.model, args.num_classes, {}).eval()
     mean, std = kind.normalization(model)
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         # ---- the service, in a subprocess ----
         port = _free_port()
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        proc = subprocess.Popen([sys.executable, "-m", "conveyor.cli", "serve", str(spec_path), "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "conveyor.cli.main", "serve", str(spec_path), "--port", str(port),
                                  "--workspace", str(ws.root), "--threads", str(args.threads)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         url = f"http://127.0.0.1:{port}"

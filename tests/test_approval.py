@@ -20,12 +20,13 @@ import yaml
 from PIL import Image
 
 from conftest import toy_spec_dict, write_toy_dataset
-from conveyor import events, tracking
-from conveyor.approval import ApprovalError, approve, reject, request
-from conveyor.gate import GateDecision
-from conveyor.registry import Registry
-from conveyor.spec import spec_from_dict
-from conveyor.workspace import Workspace
+from conveyor.core import events
+from conveyor.model import tracking
+from conveyor.release.approval import ApprovalError, approve, reject, request
+from conveyor.release.gate import GateDecision
+from conveyor.release.registry import Registry
+from conveyor.core.spec import spec_from_dict
+from conveyor.core.workspace import Workspace
 
 
 # ---- reading an offline wandb run (its .wandb file is a LevelDB-style log of protobuf records) ------
@@ -98,8 +99,8 @@ def _touch_one_image(data_root: Path) -> None:
 
 
 def test_cycle_waits_for_a_reviewer_then_approve_and_reject(prefect_harness, tmp_path, monkeypatch, capsys):
-    from conveyor.cli import main
-    from flows.cycle import continuous_training
+    from conveyor.cli.main import main
+    from conveyor.orchestration.flows.cycle import continuous_training
     from test_flow import artifact_keys
 
     monkeypatch.setenv("WANDB_MODE", "offline")  # this cycle is tracked: the lineage names its wandb run
@@ -258,7 +259,7 @@ def test_approving_an_older_pending_version_replaces_a_newer_champion(tmp_path):
 
 
 def test_approving_with_a_rollout_strategy_starts_the_rollout(tmp_path):
-    from conveyor.rollout import rollout_path
+    from conveyor.release.rollout import rollout_path
 
     spec, ws, reg = _setup(tmp_path, [True, True], champion=1, strategy="canary", traffic=0.2)
     request(reg, spec, 2, "run00002-aaaa-bbbb")
@@ -282,7 +283,7 @@ def colour_split(tmp_path_factory) -> Path:
 
 
 def _train(tmp_path: Path, split: Path, run_id: str = "0123abcd-run"):
-    from conveyor.train import train
+    from conveyor.model.train import train
 
     spec = spec_from_dict({"name": "tiny", "task": "classification", "data": {"source": str(split.parent)},
                            "train": {"model": "resnet10t", "image_size": 16, "epochs": 2, "batch_size": 16,
@@ -350,12 +351,12 @@ def test_a_broken_wandb_never_breaks_training(tmp_path, monkeypatch, colour_spli
         raise RuntimeError("wandb-core did not start")
 
     monkeypatch.setattr(wandb, "init", boom)
-    with caplog.at_level(logging.WARNING, logger="conveyor.tracking"):
+    with caplog.at_level(logging.WARNING, logger="conveyor.model.tracking"):
         first = _train(tmp_path / "a", colour_split)
         second = _train(tmp_path / "b", colour_split)
     assert first.tracking is None and second.tracking is None
     assert first.checkpoint_hash == second.checkpoint_hash and Path(first.checkpoint_path).is_file()
-    warned = [r.getMessage() for r in caplog.records if r.name == "conveyor.tracking"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "conveyor.model.tracking"]
     assert len(warned) == 1 and "wandb-core did not start" in warned[0], warned
 
     # wandb that cannot be imported

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conveyor.cli import main
+from conveyor.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +54,7 @@ def test_missing_source_is_a_clear_error(prefect_harness, tmp_path, capsys, monk
 def conveyor(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", GX_ANALYTICS_ENABLED="false", WANDB_MODE="offline")
-    return subprocess.run([sys.executable, "-m", "conveyor.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "conveyor.cli.main", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=1800)
 
 
@@ -106,7 +106,7 @@ def test_demo_end_to_end(tmp_path):
     assert imp["label_version"] != d["label_version"] and imp["parent_version"] == d["label_version"]
 
     # between the batches the monitor saw the new cameras drift, and the cool-down held the cycle back
-    from conveyor.events import read_log
+    from conveyor.core.events import read_log
 
     logged = read_log(tmp_path / "demo" / "workspace" / "monitoring" / "digits-classifier" / "events.jsonl")
     suppressed = [e for e in logged if e["event"] == "conveyor.drift.suppressed"]
@@ -132,7 +132,7 @@ def test_prefect_yaml_deploys_the_cycle_with_the_spec_schedule():
     import importlib
     import inspect
 
-    from conveyor.spec import load_spec
+    from conveyor.core.spec import load_spec
 
     conf = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     cycles = [d for d in conf["deployments"] if d["entrypoint"] == "flows/cycle.py:continuous_training"]

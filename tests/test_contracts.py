@@ -11,9 +11,9 @@ from datetime import datetime, timedelta, timezone
 import polars as pl
 import pytest
 
-from conveyor import contracts
-from conveyor.contracts import ContractError, contract_params, run_contracts, validate_manifest, validate_split
-from conveyor.spec import spec_from_dict
+from conveyor.data import contracts
+from conveyor.data.contracts import ContractError, contract_params, run_contracts, validate_manifest, validate_split
+from conveyor.core.spec import spec_from_dict
 
 CLASSES = ["cat", "dog", "fox"]
 # camera -> split of a clean camera-grouped split
@@ -125,7 +125,7 @@ def test_clean_manifest_and_grouped_split_pass(manifest, split, spec, ctx, tmp_p
 
 
 def test_module_import_is_lazy():
-    code = "import sys, conveyor.contracts; print('great_expectations' in sys.modules)"
+    code = "import sys, conveyor.data.contracts; print('great_expectations' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -12,10 +12,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import imagefactory as F  # noqa: E402
 
-from conveyor.curate import EXTRA_SCHEMA, CurateError, curate  # noqa: E402
-from conveyor.ingest import MANIFEST_SCHEMA, ingest  # noqa: E402
-from conveyor.neardup import near_duplicate_pairs, near_pairs  # noqa: E402
-from conveyor.spec import spec_from_dict  # noqa: E402
+from conveyor.data.curate import EXTRA_SCHEMA, CurateError, curate  # noqa: E402
+from conveyor.data.ingest import MANIFEST_SCHEMA, ingest  # noqa: E402
+from conveyor.data.neardup import near_duplicate_pairs, near_pairs  # noqa: E402
+from conveyor.core.spec import spec_from_dict  # noqa: E402
 
 
 def make_spec(base: Path, curation: dict | None = None, source: str = "data/manifest.csv"):

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from conftest import toy_spec_dict
-from conveyor.cli import main
-from conveyor.deployments import render_prefect_yaml, spec_path_param
+from conveyor.cli.main import main
+from conveyor.orchestration.deployments import render_prefect_yaml, spec_path_param
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = [ROOT / "examples" / f"{k}.yaml" for k in ("classification", "detection", "segmentation")]
@@ -133,8 +133,8 @@ def test_prefect_accepts_the_generated_yaml(tmp_path):
 
 
 def test_events_and_resource_are_the_ones_conveyor_emits():
-    events = pytest.importorskip("conveyor.events")
-    from conveyor.deployments import EVENTS, pipeline_resource_id
+    events = pytest.importorskip("conveyor.core.events")
+    from conveyor.orchestration.deployments import EVENTS, pipeline_resource_id
 
     assert events.resource("toy")["prefect.resource.id"] == pipeline_resource_id("toy")
     for event, _ in EVENTS.values():

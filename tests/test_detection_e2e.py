@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.demo import bundled_example, example_writer
-from conveyor.ingest import ingest
-from conveyor.spec import load_spec
+from conveyor.demo.bundled import bundled_example, example_writer
+from conveyor.data.ingest import ingest
+from conveyor.core.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,7 @@ def _conveyor(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", GX_ANALYTICS_ENABLED="false", WANDB_MODE="offline",
                PREFECT_HOME=str(cwd / "prefect-home"), PREFECT_LOGGING_LEVEL="WARNING")
-    return subprocess.run([sys.executable, "-m", "conveyor.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "conveyor.cli.main", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=1800)
 
 

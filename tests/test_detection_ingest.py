@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from conveyor.contracts import run_contracts
-from conveyor.curate import curate
-from conveyor.ingest import IngestError, ingest
-from conveyor.spec import spec_from_dict
-from conveyor.split import split
+from conveyor.data.contracts import run_contracts
+from conveyor.data.curate import curate
+from conveyor.data.ingest import IngestError, ingest
+from conveyor.core.spec import spec_from_dict
+from conveyor.data.split import split
 
 CLASSES = ["cat", "dog"]
 
@@ -240,7 +240,7 @@ def test_contracts_fail_when_a_class_lacks_boxes_in_eval(tmp_path):
 
 
 def test_box_contract_catches_an_invalid_box_in_the_manifest(tmp_path):
-    from conveyor.contracts import contract_params, validate_manifest
+    from conveyor.data.contracts import contract_params, validate_manifest
 
     images, anns = _four_cameras(tmp_path)
     spec, res, _, _ = _pipeline(tmp_path, anns, images)

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import torch
 
-from conveyor.kinds import detection as D
+from conveyor.kinds.detection import model as D
 
 
 def _random_case(seed: int = 0, n_images: int = 12, k: int = 3):
@@ -140,9 +140,9 @@ def _tiny_split(tmp_path):
 
 
 def test_training_is_deterministic_and_evaluation_exports_onnx(tmp_path):
-    from conveyor.evaluate import evaluate
-    from conveyor.spec import spec_from_dict
-    from conveyor.train import load_checkpoint, train
+    from conveyor.model.evaluate import evaluate
+    from conveyor.core.spec import spec_from_dict
+    from conveyor.model.train import load_checkpoint, train
 
     split_path = _tiny_split(tmp_path)
     spec = spec_from_dict({

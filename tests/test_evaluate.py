@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conveyor import evaluate as ev
-from conveyor.evaluate import EvalResult, OnnxParityError, evaluate, gate_metrics, measure_torch_latency
-from conveyor.kinds import classification as cls_kind
-from conveyor.spec import METRIC_DIRECTIONS, PER_CLASS_METRICS, spec_from_dict
-from conveyor.train import load_checkpoint, train
+from conveyor.model import evaluate as ev
+from conveyor.model.evaluate import EvalResult, OnnxParityError, evaluate, gate_metrics, measure_torch_latency
+from conveyor.kinds.classification import model as cls_kind
+from conveyor.core.spec import METRIC_DIRECTIONS, PER_CLASS_METRICS, spec_from_dict
+from conveyor.model.train import load_checkpoint, train
 
 COLORS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 CLASSES = list(COLORS)

@@ -43,8 +43,8 @@ def write_spec(tmp_path: Path, **overrides) -> Path:
 
 
 def test_cycle_registers_caches_and_reacts_to_content(prefect_harness, tmp_path):
-    from flows.cycle import continuous_training
-    from conveyor.registry import Registry
+    from conveyor.orchestration.flows.cycle import continuous_training
+    from conveyor.release.registry import Registry
 
     write_toy_dataset(tmp_path / "data")
     spec_path = write_spec(tmp_path)
@@ -100,8 +100,8 @@ def test_cycle_registers_caches_and_reacts_to_content(prefect_harness, tmp_path)
 
 
 def test_failing_contract_stops_the_cycle_and_keeps_the_result(prefect_harness, tmp_path):
-    from flows.cycle import continuous_training
-    from conveyor.contracts import ContractError
+    from conveyor.orchestration.flows.cycle import continuous_training
+    from conveyor.data.contracts import ContractError
 
     write_toy_dataset(tmp_path / "data")
     spec_path = write_spec(tmp_path, split={"min_per_class_eval": 500})

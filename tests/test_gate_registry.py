@@ -4,10 +4,10 @@ import threading
 
 import pytest
 
-from conveyor.gate import evaluate_gate, skip_decision
-from conveyor.registry import Registry, RegistryError
-from conveyor.rollout import promote, rollback
-from conveyor.spec import spec_from_dict
+from conveyor.release.gate import evaluate_gate, skip_decision
+from conveyor.release.registry import Registry, RegistryError
+from conveyor.release.rollout import promote, rollback
+from conveyor.core.spec import spec_from_dict
 
 
 def spec(rules=("f1 >= 0.9", "ece <= 0.05", "latency_p95_ms <= 25"), champion=("f1", "ece"), tol=0.01):

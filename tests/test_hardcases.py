@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conveyor.hardcases import (
+from conveyor.labels.hardcases import (
     MEASURES,
     machine_boxes,
     machine_mask,

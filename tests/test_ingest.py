@@ -17,8 +17,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import imagefactory as F  # noqa: E402
 
-from conveyor import imageio  # noqa: E402
-from conveyor.ingest import (  # noqa: E402
+from conveyor.data import imageio  # noqa: E402
+from conveyor.data.ingest import (  # noqa: E402
     MANIFEST_SCHEMA,
     QUARANTINE_SCHEMA,
     IngestError,
@@ -27,7 +27,7 @@ from conveyor.ingest import (  # noqa: E402
     parse_timestamp,
     source_fingerprint,
 )
-from conveyor.spec import spec_from_dict  # noqa: E402
+from conveyor.core.spec import spec_from_dict  # noqa: E402
 
 
 def make_spec(base: Path, source: str, **data):

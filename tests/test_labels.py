@@ -9,11 +9,11 @@ import pytest
 import yaml
 
 from conftest import toy_spec_dict, write_toy_dataset
-from conveyor import labels
-from conveyor.cli import main
-from conveyor.ingest import ingest
-from conveyor.spec import spec_from_dict
-from conveyor.workspace import Workspace
+from conveyor.labels import versions as labels
+from conveyor.cli.main import main
+from conveyor.data.ingest import ingest
+from conveyor.core.spec import spec_from_dict
+from conveyor.core.workspace import Workspace
 
 
 def _relabel(manifest, row: int, label: str) -> str:

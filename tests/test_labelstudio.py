@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from conveyor import labelstudio as ls
+from conveyor.labels import labelstudio as ls
 
 CLS = ["cat", "dog", "bird"]
 DET = ["car", "person"]

@@ -12,11 +12,16 @@ import pytest
 import yaml
 
 from conftest import toy_spec_dict
-from conveyor import demo, drift, events, feedback, monitor, profiles
-from conveyor.cycles import CycleGuard, CycleRunning
-from conveyor.ingest import ingest
-from conveyor.spec import SpecError, spec_from_dict
-from conveyor.workspace import Workspace
+from conveyor.demo import bundled as demo
+from conveyor.monitoring import drift
+from conveyor.core import events
+from conveyor.monitoring import feedback
+from conveyor.monitoring import monitor
+from conveyor.monitoring import profiles
+from conveyor.core.cycles import CycleGuard, CycleRunning
+from conveyor.data.ingest import ingest
+from conveyor.core.spec import SpecError, spec_from_dict
+from conveyor.core.workspace import Workspace
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 FEATURES = ["brightness", "contrast", "saturation", "hue", "sharpness", "label"]
@@ -255,7 +260,7 @@ def test_a_crashed_cycle_does_not_hold_the_lock(tmp_path):
     import subprocess
     import sys
 
-    code = ("import os, sys; from conveyor.cycles import CycleGuard\n"
+    code = ("import os, sys; from conveyor.core.cycles import CycleGuard\n"
             f"g = CycleGuard({str(tmp_path)!r}); cm = g.hold('crashed', 'drift'); cm.__enter__(); os._exit(1)")
     subprocess.run([sys.executable, "-c", code], check=False)
     guard = CycleGuard(tmp_path)
@@ -267,7 +272,7 @@ def test_a_crashed_cycle_does_not_hold_the_lock(tmp_path):
 
 # ---- the whole report ----------------------------------------------------------------------------
 def _register_champion(ws: Workspace, name: str, baseline_dir: Path) -> None:
-    from conveyor.registry import Registry
+    from conveyor.release.registry import Registry
 
     reg = Registry(ws.registry)
     (baseline_dir / "metrics.json").write_text("{}")

@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from conftest import toy_spec_dict, write_toy_dataset
-from conveyor import events
+from conveyor.core import events
 
 
 def _brighten(files: list[Path], offset: int = 90) -> None:
@@ -28,8 +28,8 @@ def _spec(tmp_path: Path, cooldown: str) -> Path:
 
 
 def test_drift_suppressed_by_the_cool_down_then_starting_a_cycle(prefect_harness, tmp_path):
-    from flows.cycle import continuous_training
-    from flows.monitor import monitor_pipeline
+    from conveyor.orchestration.flows.cycle import continuous_training
+    from conveyor.orchestration.flows.monitor import monitor_pipeline
 
     write_toy_dataset(tmp_path / "data")
     spec_path = _spec(tmp_path, cooldown="6h")

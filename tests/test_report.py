@@ -19,12 +19,13 @@ import torch
 import yaml
 from PIL import Image
 
-from conveyor import kinds, report
-from conveyor.evaluate import EvalResult, _latency_report, _PeakRss
-from conveyor.gate import DECISION_WORDS, evaluate_gate
-from conveyor.registry import Registry
-from conveyor.spec import spec_from_dict
-from conveyor.utils import atomic_write_json
+from conveyor import kinds
+from conveyor.reporting import report
+from conveyor.model.evaluate import EvalResult, _latency_report, _PeakRss
+from conveyor.release.gate import DECISION_WORDS, evaluate_gate
+from conveyor.release.registry import Registry
+from conveyor.core.spec import spec_from_dict
+from conveyor.core.io import atomic_write_json
 
 SIZE = 32
 CLASSES = {"classification": ["red", "green", "blue"], "detection": ["box", "disc"],
@@ -82,7 +83,7 @@ def _outputs(task: str, data, rng: np.random.Generator, noise: float):
 
 
 def _evaluation(task: str, split_path: Path, out: Path, rng: np.random.Generator, noise: float) -> EvalResult:
-    adapter = kinds.get(task)
+    adapter = kinds.get(task).training
     data = adapter.load_split(split_path, CLASSES[task], "test", SIZE)
     outputs = _outputs(task, data, rng, noise)
     scored = adapter.evaluate_outputs(outputs, data, CLASSES[task])
@@ -104,8 +105,8 @@ def _evaluation(task: str, split_path: Path, out: Path, rng: np.random.Generator
 
 
 def _segmentation_onnx(path: Path) -> None:
-    from conveyor.evaluate import export_onnx_model
-    from conveyor.kinds import segmentation as seg
+    from conveyor.model.evaluate import export_onnx_model
+    from conveyor.kinds.segmentation import model as seg
 
     torch.manual_seed(0)
     model = seg.build_model("unet", 2, {"depth": 2, "width": 4})
@@ -200,10 +201,10 @@ def make_run(root: Path, task: str, *, trigger: str = "manual", with_champion: b
 
 
 def _drift_report(ws: Path, name: str) -> None:
-    from conveyor.drift import DriftReport, FeatureDrift
-    from conveyor.monitor import MonitorReport
-    from conveyor.workspace import Workspace
-    from conveyor import monitor
+    from conveyor.monitoring.drift import DriftReport, FeatureDrift
+    from conveyor.monitoring.monitor import MonitorReport
+    from conveyor.core.workspace import Workspace
+    from conveyor.monitoring import monitor
 
     feats = [FeatureDrift("brightness", "images", "numeric", "drift", 300, 900, "ks", 0.4, 1e-9, 0.40, 0.55, 0.375,
                           reason="brightness 0.4 -> 0.55"),
@@ -303,7 +304,7 @@ def test_report_task_links_indexes_and_fails_with_the_notebook_error(prefect_har
 
     from prefect import flow
 
-    from tasks.report import report_task
+    from conveyor.orchestration.tasks.report import report_task
 
     @flow
     def report_flow(*args):
@@ -339,7 +340,7 @@ def test_the_kernel_is_this_interpreter():
 
 
 def test_conveyor_report_rerenders_by_path_and_by_run_id(tmp_path, capsys):
-    from conveyor.cli import main
+    from conveyor.cli.main import main
 
     run_dir = make_run(tmp_path, "classification")
     assert main(["report", str(run_dir)]) == 0
@@ -358,7 +359,7 @@ def test_conveyor_report_rerenders_by_path_and_by_run_id(tmp_path, capsys):
 
 
 def test_registry_keeps_the_report_of_each_version(tmp_path, capsys):
-    from conveyor.cli import main
+    from conveyor.cli.main import main
 
     make_run(tmp_path, "classification")
     reg = Registry(tmp_path / "ws" / "registry")

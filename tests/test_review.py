@@ -15,16 +15,17 @@ import yaml
 from PIL import Image
 
 from conftest import TOY_COLOURS, toy_spec_dict, write_toy_dataset
-from conveyor import labels, review
-from conveyor.cli import main
-from conveyor.contracts import run_contracts
-from conveyor.curate import curate
-from conveyor.ingest import ingest
-from conveyor.registry import Registry
-from conveyor.spec import spec_from_dict
-from conveyor.split import EVAL_SPLITS, split
-from conveyor.utils import sha256_file, write_parquet_atomic
-from conveyor.workspace import Workspace
+from conveyor.labels import versions as labels
+from conveyor.labels import stage as review
+from conveyor.cli.main import main
+from conveyor.data.contracts import run_contracts
+from conveyor.data.curate import curate
+from conveyor.data.ingest import ingest
+from conveyor.release.registry import Registry
+from conveyor.core.spec import spec_from_dict
+from conveyor.data.split import EVAL_SPLITS, split
+from conveyor.core.io import sha256_file, write_parquet_atomic
+from conveyor.core.workspace import Workspace
 from tinymodels import FixedDetector, classifier, export_model
 
 CLASSES = list(TOY_COLOURS)
@@ -98,7 +99,7 @@ def _setup(tmp_path: Path, colour_model: Path, **labeling):
 
 
 def _margin(model: Path, path: str) -> float:
-    from conveyor.serving import LoadedModel, decode_request
+    from conveyor.serving.runtime import LoadedModel, decode_request
 
     m = LoadedModel(1, model)
     p = m.session.run(None, {m.input_name: decode_request(Path(path).read_bytes(), 10**8).input(m.image_size)})[0][0]
@@ -121,7 +122,7 @@ def test_auto_labels_respect_the_threshold_and_never_reach_val_or_test(tmp_path,
     q = pl.read_parquet(u["quarantine_path"])
     assert sorted(q["rel_path"].to_list()) == ["empty.png", "notes.png"]
     # exactly the images whose confidence reaches 0.9 got machine labels, each its dominant colour
-    from conveyor.serving import LoadedModel, decode_request
+    from conveyor.serving.runtime import LoadedModel, decode_request
 
     m = LoadedModel(1, colour_model)
     sure = {}
@@ -330,8 +331,8 @@ def test_feedback_wrong_answers_come_first_and_classes_are_balanced():
 
 def test_production_feedback_reaches_the_training_manifest(tmp_path, colour_model):
     """The service keeps request images; feedback joined by request id labels them for training."""
-    from conveyor.monitor import prediction_log_dir
-    from conveyor.serving import capture_image, captures_dir
+    from conveyor.monitoring.monitor import prediction_log_dir
+    from conveyor.serving.runtime import capture_image, captures_dir
 
     manifest = write_toy_dataset(tmp_path / "data", per_class_per_camera=2, cameras=4)
     d = toy_spec_dict(source=str(manifest), labeling={"auto_label_threshold": None, "budget": 0,
@@ -371,7 +372,7 @@ def test_detection_machine_boxes_join_the_manifest(tmp_path):
     model = export_model(FixedDetector(), tmp_path / "det.onnx", "detection", ["red", "green"],
                          ["boxes", "scores", "labels"],
                          {"boxes": {0: "detections"}, "scores": {0: "detections"}, "labels": {0: "detections"}})
-    from conveyor.detection_io import BOX_STRUCT
+    from conveyor.kinds.detection.sources import BOX_STRUCT
 
     img = tmp_path / "data" / "a.png"
     _blend(img, "red", "green", 0.5, 0)
@@ -441,7 +442,7 @@ def test_segmentation_machine_masks_and_a_brush_review_round_trip(tmp_path):
     assert task["data"]["conveyor_id"] == "unlabeled/unsure.png"
 
     # the reviewer paints a defect square where the model could not decide
-    from conveyor.labelstudio import rle_encode
+    from conveyor.labels.labelstudio import rle_encode
 
     painted = np.zeros((32, 32), bool)
     painted[4:12, 4:12] = True

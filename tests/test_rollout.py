@@ -16,13 +16,13 @@ import pytest
 import yaml
 
 from conftest import toy_spec_dict
-from conveyor import events
-from conveyor.monitor import events_log, prediction_log_dir
-from conveyor.registry import Registry
-from conveyor.rollout import (RolloutError, check_rollout, current_state, rollback, rollout_path, start_rollout)
-from conveyor.spec import SpecError, spec_from_dict
-from conveyor.utils import atomic_write_json, write_parquet_atomic
-from conveyor.workspace import Workspace
+from conveyor.core import events
+from conveyor.monitoring.monitor import events_log, prediction_log_dir
+from conveyor.release.registry import Registry
+from conveyor.release.rollout import (RolloutError, check_rollout, current_state, rollback, rollout_path, start_rollout)
+from conveyor.core.spec import SpecError, spec_from_dict
+from conveyor.core.io import atomic_write_json, write_parquet_atomic
+from conveyor.core.workspace import Workspace
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
 CLASSES = ["red", "green", "blue"]
@@ -347,7 +347,7 @@ def test_spec_defaults():
 
 # ---- the command line ------------------------------------------------------------------------------
 def test_cli_rollout_status_and_manual_rollback(tmp_path, capsys):
-    from conveyor.cli import main
+    from conveyor.cli.main import main
 
     ws, reg = setup_registry(tmp_path)
     d = toy_spec_dict(deploy={"strategy": "canary", "traffic": 0.2, "duration": "1h"}, workspace=str(tmp_path / "ws"))
@@ -376,7 +376,7 @@ def test_cli_rollout_status_and_manual_rollback(tmp_path, capsys):
 
 # ---- the Prefect flow ------------------------------------------------------------------------------
 def test_rollout_flow_watches_and_promotes_at_the_end(prefect_harness, tmp_path):
-    from flows.rollout import rollout_flow
+    from conveyor.orchestration.flows.rollout import rollout_flow
 
     ws, reg = setup_registry(tmp_path)
     d = toy_spec_dict(deploy={"strategy": "canary", "traffic": 0.5, "duration": "3s", "check_every": "1s"},
@@ -410,8 +410,8 @@ def test_cycle_starts_a_rollout_and_the_monitor_ends_it(prefect_harness, tmp_pat
     from PIL import Image
 
     from conftest import write_toy_dataset
-    from flows.cycle import continuous_training
-    from flows.monitor import monitor_pipeline
+    from conveyor.orchestration.flows.cycle import continuous_training
+    from conveyor.orchestration.flows.monitor import monitor_pipeline
 
     write_toy_dataset(tmp_path / "data")
     p = tmp_path / "spec.yaml"
@@ -453,8 +453,8 @@ def test_cycle_starts_a_rollout_and_the_monitor_ends_it(prefect_harness, tmp_pat
 def test_rollout_deployment_only_for_rollout_strategies(tmp_path):
     import inspect
 
-    from conveyor.deployments import render_prefect_yaml
-    from flows.rollout import rollout_flow
+    from conveyor.orchestration.deployments import render_prefect_yaml
+    from conveyor.orchestration.flows.rollout import rollout_flow
 
     specs = []
     for name, strategy in (("plain", "replace"), ("canaried", "canary")):

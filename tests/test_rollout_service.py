@@ -11,13 +11,13 @@ import httpx
 import pytest
 
 from conftest import toy_spec_dict
-from conveyor import rollout as rollout_mod
-from conveyor import serving
-from conveyor.registry import Registry
-from conveyor.service import BackgroundServer, create_app
-from conveyor.serving import InferenceService, ServiceConfig
-from conveyor.spec import spec_from_dict
-from conveyor.workspace import Workspace
+from conveyor.release import rollout as rollout_mod
+from conveyor.serving import runtime as serving
+from conveyor.release.registry import Registry
+from conveyor.serving.http import BackgroundServer, create_app
+from conveyor.serving.runtime import InferenceService, ServiceConfig
+from conveyor.core.spec import spec_from_dict
+from conveyor.core.workspace import Workspace
 from test_serving import models, png, register, set_champion  # noqa: F401  (the tiny ONNX models fixture)
 
 CONFIG = dict(poll_s=0.05, warmup_runs=1, flush_rows=5, flush_s=0.2)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conveyor.spec import parse_rule, spec_from_dict
+from conveyor.core.spec import parse_rule, spec_from_dict
 
 CLASSES = ["background", "defect"]
 
@@ -58,7 +58,7 @@ def seg_spec(root: Path, **train) -> "object":
 
 
 def test_ingest_quarantines_each_bad_mask_kind(tmp_path):
-    from conveyor.ingest import ingest
+    from conveyor.data.ingest import ingest
 
     write_pairs(tmp_path, cameras=2, per_camera=3)
     rng = np.random.default_rng(1)
@@ -99,7 +99,7 @@ def test_ingest_quarantines_each_bad_mask_kind(tmp_path):
 
 
 def test_changed_mask_changes_the_dataset_version(tmp_path):
-    from conveyor.ingest import ingest, source_fingerprint
+    from conveyor.data.ingest import ingest, source_fingerprint
 
     write_pairs(tmp_path, cameras=1, per_camera=2)
     spec = seg_spec(tmp_path)
@@ -112,7 +112,7 @@ def test_changed_mask_changes_the_dataset_version(tmp_path):
 
 
 def test_masks_need_classes_and_annotations(tmp_path):
-    from conveyor.ingest import IngestError, ingest
+    from conveyor.data.ingest import IngestError, ingest
 
     write_pairs(tmp_path, cameras=1, per_camera=1)
     d = seg_spec(tmp_path).model_dump()
@@ -129,9 +129,9 @@ def test_masks_need_classes_and_annotations(tmp_path):
 
 
 def test_contracts_pass_and_class_coverage_fails_without_defects_in_test(tmp_path):
-    from conveyor.contracts import run_contracts
-    from conveyor.ingest import ingest
-    from conveyor.segmentation_contracts import class_coverage_frame
+    from conveyor.data.contracts import run_contracts
+    from conveyor.data.ingest import ingest
+    from conveyor.kinds.segmentation.contracts import class_coverage_frame
 
     write_pairs(tmp_path, cameras=4, per_camera=3)
     spec = seg_spec(tmp_path, epochs=1)
@@ -156,7 +156,7 @@ def test_contracts_pass_and_class_coverage_fails_without_defects_in_test(tmp_pat
 
 
 def _set(targets: np.ndarray):
-    from conveyor.kinds.segmentation import MaskSet
+    from conveyor.kinds.segmentation.model import MaskSet
 
     t = torch.from_numpy(targets.astype(np.uint8))
     n, h, w = t.shape
@@ -168,7 +168,7 @@ def _logits(preds: np.ndarray) -> torch.Tensor:
 
 
 def test_iou_and_fn_rate_by_hand_with_ignored_pixels():
-    from conveyor.kinds.segmentation import IGNORE, evaluate_outputs
+    from conveyor.kinds.segmentation.model import IGNORE, evaluate_outputs
 
     t = np.zeros((1, 4, 4), np.uint8)
     t[0, :2, :2] = 1          # 4 defect pixels
@@ -192,7 +192,7 @@ def test_iou_and_fn_rate_by_hand_with_ignored_pixels():
 
 
 def test_boundary_iou_by_hand():
-    from conveyor.kinds.segmentation import boundary_band, boundary_iou, boundary_distance
+    from conveyor.kinds.segmentation.model import boundary_band, boundary_iou, boundary_distance
 
     # a 5x5 square in a 9x9 image, d = 1: its band is the 16-pixel ring; the interior 3x3 is not in it
     g = torch.zeros((1, 9, 9), dtype=torch.bool)
@@ -218,7 +218,7 @@ def test_boundary_iou_by_hand():
 
 @pytest.mark.parametrize("name", ["unet", "lraspp_mobilenet_v3_large"])
 def test_models_give_per_pixel_logits(name):
-    from conveyor.kinds.segmentation import build_model
+    from conveyor.kinds.segmentation.model import build_model
 
     model = build_model(name, 3, {"depth": 2, "width": 4} if name == "unet" else {}).eval()
     with torch.no_grad():
@@ -227,7 +227,7 @@ def test_models_give_per_pixel_logits(name):
 
 
 def test_unknown_model_and_bad_kwargs_name_the_field():
-    from conveyor.kinds.segmentation import build_model
+    from conveyor.kinds.segmentation.model import build_model
 
     with pytest.raises(ValueError, match="train.model"):
         build_model("segformer", 2, {})
@@ -238,7 +238,7 @@ def test_unknown_model_and_bad_kwargs_name_the_field():
 
 
 def test_loss_ignores_unlabelled_pixels():
-    from conveyor.kinds.segmentation import IGNORE, SegLoss
+    from conveyor.kinds.segmentation.model import IGNORE, SegLoss
 
     logits = torch.randn(1, 2, 4, 4)
     t = torch.zeros((1, 4, 4), dtype=torch.uint8)
@@ -253,11 +253,11 @@ def test_loss_ignores_unlabelled_pixels():
 
 
 def test_train_is_deterministic_and_evaluate_exports_onnx(tmp_path):
-    from conveyor.curate import curate
-    from conveyor.evaluate import evaluate
-    from conveyor.ingest import ingest
-    from conveyor.split import split
-    from conveyor.train import train
+    from conveyor.data.curate import curate
+    from conveyor.model.evaluate import evaluate
+    from conveyor.data.ingest import ingest
+    from conveyor.data.split import split
+    from conveyor.model.train import train
 
     write_pairs(tmp_path, cameras=4, per_camera=4)
     spec = seg_spec(tmp_path, augment={"hflip": True, "color_jitter": 0.1})

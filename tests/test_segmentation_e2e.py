@@ -14,7 +14,7 @@ import pytest
 def test_segmentation_demo_end_to_end(tmp_path):
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", GX_ANALYTICS_ENABLED="false")
     res = subprocess.run(
-        [sys.executable, "-m", "conveyor.cli", "demo", "--example", "segmentation", "--dir", str(tmp_path / "demo"),
+        [sys.executable, "-m", "conveyor.cli.main", "demo", "--example", "segmentation", "--dir", str(tmp_path / "demo"),
          "--json"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200,
     )

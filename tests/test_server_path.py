@@ -130,9 +130,9 @@ def test_deploy_webhook_event_trigger_and_worker_on_a_real_server(prefect_server
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from starlette.testclient import TestClient
 
-    from conveyor import webhook
-    from conveyor.deployments import render_prefect_yaml
-    from conveyor.spec import load_spec
+    from conveyor.monitoring import webhook
+    from conveyor.orchestration.deployments import render_prefect_yaml
+    from conveyor.core.spec import load_spec
 
     api, env = prefect_server["api"], prefect_server["env"]
 
@@ -251,7 +251,7 @@ def test_deploy_webhook_event_trigger_and_worker_on_a_real_server(prefect_server
         assert left.trigger.expect == {"conveyor.webhook.received"}
 
     # the cycle ran in the toy workspace and recorded what started it
-    from conveyor.registry import Registry
+    from conveyor.release.registry import Registry
 
     (summary_file,) = (pipeline / "workspace" / "runs").glob(f"*-{run_id[:8]}/summary.json")
     summary = json.loads(summary_file.read_text())

@@ -19,13 +19,16 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from torch import nn
 
-from conveyor import feedback, monitor, prediction_log, serving
-from conveyor.registry import Registry
-from conveyor.service import BackgroundServer, create_app
-from conveyor.serving import InferenceService, RequestError, ServiceConfig
-from conveyor.spec import spec_from_dict
-from conveyor.utils import atomic_write_json, sha256_file
-from conveyor.workspace import Workspace
+from conveyor.monitoring import feedback
+from conveyor.monitoring import monitor
+from conveyor.serving import log as prediction_log
+from conveyor.serving import runtime as serving
+from conveyor.release.registry import Registry
+from conveyor.serving.http import BackgroundServer, create_app
+from conveyor.serving.runtime import InferenceService, RequestError, ServiceConfig
+from conveyor.core.spec import spec_from_dict
+from conveyor.core.io import atomic_write_json, sha256_file
+from conveyor.core.workspace import Workspace
 
 from conftest import TOY_COLOURS, toy_spec_dict
 from tinymodels import SIDE, FixedDetector, RedSegmenter, classifier as _classifier, export_model as _export
@@ -116,8 +119,8 @@ def post(c, data: bytes, **headers):
 
 # ---- preprocessing --------------------------------------------------------------------------------
 def test_preprocessing_matches_the_training_decode(tmp_path):
-    from conveyor.imageio import decode_image as decode_with_stats
-    from conveyor.kinds.classification import decode_image
+    from conveyor.data.imageio import decode_image as decode_with_stats
+    from conveyor.kinds.classification.model import decode_image
 
     rng = np.random.default_rng(0)
     rgba = Image.fromarray(rng.integers(0, 256, (23, 37, 4), dtype=np.uint8), "RGBA")
@@ -137,7 +140,7 @@ def test_preprocessing_matches_the_training_decode(tmp_path):
 
 
 def test_score_threshold_is_the_detection_adapters():
-    from conveyor.kinds import detection
+    from conveyor.kinds.detection import model as detection
 
     assert serving.SCORE_THRESHOLD == detection.SCORE_THRESHOLD
 
@@ -595,7 +598,7 @@ def test_segmentation_payload(tmp_path, models):
 
 
 def test_serve_command_line():
-    from conveyor.cli import build_parser
+    from conveyor.cli.main import build_parser
 
     args = build_parser().parse_args(["serve", "spec.yaml", "--port", "9001", "--threads", "2", "--poll", "0.5",
                                       "--workspace", "w"])

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conveyor.spec import SpecError, load_spec, parse_rule, spec_from_dict
+from conveyor.core.spec import SpecError, load_spec, parse_rule, spec_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 

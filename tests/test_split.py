@@ -4,8 +4,8 @@ from datetime import datetime, timedelta, timezone
 import polars as pl
 import pytest
 
-from conveyor.split import SplitError, frozen_eval_hashes, load_state, split
-from conveyor.spec import spec_from_dict
+from conveyor.data.split import SplitError, frozen_eval_hashes, load_state, split
+from conveyor.core.spec import spec_from_dict
 
 
 def frame(n_cameras=8, per_camera=12, classes=("a", "b", "c"), start=0, camera_offset=0):

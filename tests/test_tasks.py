@@ -8,10 +8,10 @@ import pytest
 from prefect.states import Failed
 
 from conftest import toy_spec_dict
-from conveyor.contracts import ContractError, ContractReport
-from conveyor.spec import spec_from_dict
-from tasks.common import artifact_key, content_cache, library_source_hash, transient_only
-from tasks.data import curate_task, fingerprint_task, ingest_task, split_task
+from conveyor.data.contracts import ContractError, ContractReport
+from conveyor.core.spec import spec_from_dict
+from conveyor.orchestration.tasks.common import artifact_key, content_cache, library_source_hash, transient_only
+from conveyor.orchestration.tasks.data import curate_task, fingerprint_task, ingest_task, split_task
 
 
 def failed(exc: BaseException):

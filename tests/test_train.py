@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conveyor.kinds import classification as cls_kind
-from conveyor.spec import spec_from_dict
-from conveyor.train import TrainResult, load_checkpoint, seed_everything, train
-from conveyor.utils import sha256_file
+from conveyor.kinds.classification import model as cls_kind
+from conveyor.core.spec import spec_from_dict
+from conveyor.model.train import TrainResult, load_checkpoint, seed_everything, train
+from conveyor.core.io import sha256_file
 
 COLORS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 CLASSES = list(COLORS)
@@ -78,7 +78,7 @@ def _test_images(split_path: Path, split: str = "test") -> cls_kind.ImageSet:
 
 # ---- determinism ------------------------------------------------------------------------------
 def test_same_seed_gives_identical_weights_and_metrics(tmp_path, data):
-    from conveyor.evaluate import evaluate
+    from conveyor.model.evaluate import evaluate
 
     augment = {"random_crop_padding": 2, "hflip": True, "rotation_deg": 10, "color_jitter": 0.2}
     spec = make_spec(tmp_path, epochs=2, augment=augment, label_smoothing=0.1)

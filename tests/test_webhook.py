@@ -14,10 +14,10 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from conveyor import webhook
-from conveyor.cli import build_parser, main
-from conveyor.spec import spec_from_dict
-from conveyor.webhook import (
+from conveyor.monitoring import webhook
+from conveyor.cli.main import build_parser, main
+from conveyor.core.spec import spec_from_dict
+from conveyor.monitoring.webhook import (
     SECRET_ENV,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -107,7 +107,7 @@ def test_sign_follows_the_documented_scheme():
 
 def test_valid_signed_request_starts_exactly_one_run(setup, caplog):
     client, starter, _ = setup()
-    with caplog.at_level(logging.INFO, logger="conveyor.webhook"):
+    with caplog.at_level(logging.INFO, logger="conveyor.monitoring.webhook"):
         res = post(client, payload={"pipeline": "toy", "reason": "new batch from cam-07"})
     assert res.status_code == 202, res.text
     assert res.json() == {"pipeline": "toy", "deployment": "conveyor-cycle/toy", "flow_run_id": "run-1",
@@ -354,7 +354,7 @@ def test_starter_failure_is_503_or_502_without_a_traceback(setup, caplog):
     assert "Retry-After" in res.headers
 
     client, _, _ = setup(starter=FakeStarter(RuntimeError("boom")))
-    with caplog.at_level(logging.ERROR, logger="conveyor.webhook"):
+    with caplog.at_level(logging.ERROR, logger="conveyor.monitoring.webhook"):
         res = post(client)
     assert res.status_code == 502 and "RuntimeError" in res.json()["detail"]
     assert "Traceback" not in res.text
@@ -429,7 +429,7 @@ def test_event_starter_emits_the_event(monkeypatch):
 
 def test_rejections_are_logged_with_the_reason_and_without_secret_or_body(setup, caplog):
     client, _, _ = setup()
-    with caplog.at_level(logging.DEBUG, logger="conveyor.webhook"):
+    with caplog.at_level(logging.DEBUG, logger="conveyor.monitoring.webhook"):
         post(client, payload={"reason": "private-words"}, secret="wrong-secret-wrong-secret")
         post(client, payload={"reason": "private-words", "extra": 1}, ts=NOW + 1)
     text = "\n".join(r.getMessage() for r in caplog.records)
@@ -499,7 +499,7 @@ def test_cli_webhook_without_secret_exits_with_the_variable_named(tmp_path, monk
 def test_cli_webhook_serves_the_enabled_pipelines(tmp_path, monkeypatch, caplog, cli_env):
     monkeypatch.setenv(SECRET_ENV, SECRET)
     specs = [str(write_spec(tmp_path, "toy", True)), str(write_spec(tmp_path, "quiet", False))]
-    with caplog.at_level(logging.INFO, logger="conveyor.webhook"):
+    with caplog.at_level(logging.INFO, logger="conveyor.monitoring.webhook"):
         assert main(["webhook", *specs, "--port", "9999", "--rate-per-minute", "2"]) == 0
     ((app, kw),) = cli_env
     assert kw["host"] == "127.0.0.1" and kw["port"] == 9999

@@ -14,18 +14,18 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def export_model(module: nn.Module, path: Path, task: str, classes: list[str], outputs: list[str], axes: dict) -> Path:
     from conveyor import kinds
-    from conveyor.evaluate import export_onnx_model
+    from conveyor.model.evaluate import export_onnx_model
 
     meta = {"classes": classes, "image_size": SIDE, "model_name": path.stem, "mean": MEAN, "std": STD}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the fixed outputs are constants on purpose
         return export_onnx_model(module, path, torch.rand(1, 3, SIDE, SIDE), input_names=["images"],
-                                 output_names=outputs, dynamic_axes=axes, metadata=kinds.get(task).onnx_metadata(meta))
+                                 output_names=outputs, dynamic_axes=axes, metadata=kinds.get(task).training.onnx_metadata(meta))
 
 
 def classifier(weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
     """Normalisation (the deployed graph's DeployModel), global mean colour, a linear layer."""
-    from conveyor.kinds.classification import DeployModel
+    from conveyor.kinds.classification.model import DeployModel
 
     lin = nn.Linear(3, 3)
     with torch.no_grad():

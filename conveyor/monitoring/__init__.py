@@ -1,0 +1,1 @@
+"""Monitoring: whylogs profiles, drift and performance triggers, production feedback and the signed webhook receiver."""

@@ -1,0 +1,1 @@
+"""Prefect flows: the cycle, the monitor and the rollout, composed from the tasks."""

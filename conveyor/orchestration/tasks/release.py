@@ -1,0 +1,133 @@
+"""Tasks that decide and record: gate, register, promote, and the run's report artifacts."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from conveyor.release.gate import GateDecision, evaluate_gate, skip_decision
+from conveyor.release.registry import ModelVersion, Registry
+from conveyor.release.rollout import PromotionResult, promote
+from conveyor.core.spec import Spec
+from conveyor.orchestration.tasks.common import RETRY, artifact_key, run_logger, table
+
+
+@task(name="champion", **RETRY)
+def champion_task(name: str, registry_root: str) -> ModelVersion | None:
+    return Registry(registry_root).champion(name)
+
+
+@task(name="gate")
+def gate_task(spec: Spec, challenger: dict, champion: dict | None, champion_version: int | None,
+              same_as_champion: bool = False) -> GateDecision:
+    log = run_logger()
+    if same_as_champion:
+        decision = skip_decision(champion_version, f"the challenger is champion v{champion_version} (data, spec and code unchanged)")
+    else:
+        decision = evaluate_gate(spec, challenger, champion, champion_version)
+    for o in decision.outcomes:
+        (log.info if o.passed else log.warning)("gate %s: %s", "PASS" if o.passed else "FAIL", o.reason)
+    log.info("gate decision: %s (%s)", decision.decision, decision.summary)
+    return decision
+
+
+@task(name="register", **RETRY)
+def register_task(name: str, registry_root: str, files: dict[str, str], model_hash: str, metrics: dict,
+                  lineage: dict, gate: dict, run_id: str | None) -> ModelVersion:
+    mv = Registry(registry_root).register(name, files=files, model_hash=model_hash, metrics=metrics,
+                                          lineage=lineage, gate=gate, run_id=run_id)
+    run_logger().info("registered %s v%d in %s", name, mv.version, mv.artifact_dir)
+    return mv
+
+
+@task(name="promote", **RETRY)
+def promote_task(name: str, registry_root: str, version: int, decision: GateDecision, strategy: str,
+                 run_id: str | None, note: str | None = None) -> PromotionResult:
+    res = promote(Registry(registry_root), name, version, decision, strategy=strategy, run_id=run_id, note=note)
+    run_logger().info(res.message)
+    return res
+
+
+def release(spec: Spec, workspace: str, version: int, decision: GateDecision, champion_version: int | None,
+            run_id: str | None, spec_path: str | None = None, workspace_arg: str | None = None,
+            note: str | None = None) -> dict:
+    """What follows the gate: a challenger against a serving champion goes through a rollout (shadow,
+    canary, blue_green); otherwise (``replace``, or the first model) the champion alias moves when the
+    gate passed. The cycle calls this right after registering, and ``conveyor approve`` after a reviewer
+    signs off; inside a flow each step is a task run, outside one the same functions run directly.
+
+    Returns ``{"rollout", "champion_version", "message", "promotion"}`` (``rollout``: the started rollout's
+    state, or ``status: not_started`` with the reason; ``promotion``: the PromotionResult as a dict)."""
+    from prefect.context import FlowRunContext
+
+    from conveyor.orchestration.tasks.rollout import start_rollout_task, watch_rollout_task
+
+    def step(t):
+        return t if FlowRunContext.get() is not None else t.fn
+
+    if decision.passed and spec.deploy.strategy != "replace" and champion_version is not None:
+        # a challenger against a serving champion goes through a rollout; the first model is promoted directly
+        rollout = step(start_rollout_task)(spec, workspace, version)
+        if rollout["status"] == "running":
+            rollout["watcher"] = step(watch_rollout_task)(spec.name, spec_path, workspace_arg, rollout["rollout_id"],
+                                                          version)
+        return {"rollout": rollout, "champion_version": champion_version, "message": rollout["message"],
+                "promotion": None}
+    from conveyor.core.workspace import Workspace
+
+    promotion = step(promote_task)(spec.name, str(Workspace(workspace).registry), version, decision,
+                                   spec.deploy.strategy, run_id, note)
+    return {"rollout": None, "champion_version": promotion.champion_version, "message": promotion.message,
+            "promotion": promotion.to_dict()}
+
+
+@task(name="publish-report")
+def publish_task(spec_name: str, summary: dict) -> None:
+    """Prefect artifacts for the run: dataset counts, split, metrics and the gate decision."""
+    ds = summary["dataset"]
+    rows = [{"item": "received", "count": ds["received"]}, {"item": "accepted", "count": ds["accepted"]},
+            {"item": "quarantined", "count": ds["quarantined"]}]
+    rows += [{"item": f"quarantined: {r}", "count": n} for r, n in sorted(ds["quarantine_reasons"].items())]
+    rows += [{"item": "kept after curation", "count": ds["curated"]}]
+    rows += [{"item": f"removed: {r}", "count": n} for r, n in sorted(ds["removed_reasons"].items())]
+    create_table_artifact(table(rows), key=artifact_key(spec_name, "dataset"),
+                          description=f"Dataset {summary['dataset_version']}: counts and quarantine reasons")
+
+    rv = ds.get("review")
+    if rv:  # the label and review loop: where labels came from, the pool, the queue
+        label_rows = [{"item": f"labels: {k}", "count": n} for k, n in (ds.get("label_sources") or {}).items()]
+        for kind, info in rv["pool"].items():
+            if isinstance(info, dict):
+                label_rows += [{"item": f"pool {kind}: received", "count": info.get("received", 0)},
+                               {"item": f"pool {kind}: quarantined", "count": info.get("quarantined", 0)}]
+        label_rows += [{"item": "auto-labelled (train only)", "count": rv["auto_labeled"]},
+                       {"item": "queued for review", "count": rv["queued"]}]
+        queue = rv.get("queue") or {}
+        create_table_artifact(table(label_rows), key=artifact_key(spec_name, "labels"),
+                              description=f"Label version {ds.get('label_version')}"
+                                          + (f"; review queue: {queue['tasks']}" if queue else ""))
+
+    sp = summary["split"]
+    split_rows = [{"split": s, "images": sp["counts"][s], "groups": sp["groups"][s],
+                   "smallest class": min(sp["per_class"][s].values(), default=0)} for s in ("train", "val", "test")]
+    create_table_artifact(table(split_rows), key=artifact_key(spec_name, "split"),
+                          description=f"Split {sp['split_version']} grouped by {sp['group_by']}")
+
+    metrics = summary.get("metrics") or {}
+    champ = summary.get("champion_metrics") or {}
+    metric_rows = [{"metric": k, "challenger": v, "champion": champ.get(k)}
+                   for k, v in sorted(metrics.items()) if "[" not in k]
+    create_table_artifact(table(metric_rows), key=artifact_key(spec_name, "metrics"),
+                          description="Test-set metrics of the challenger (and the champion, on the same frozen set)")
+
+    gate_rows = [{"rule": r["rule"], "value": r["value"], "threshold": r["threshold"],
+                  "champion": r.get("champion_value"), "result": "pass" if r["passed"] else "FAIL"}
+                 for r in summary["reasons"]]
+    md = [f"# Gate decision: **{summary['decision']}**", "", summary.get("gate_summary", ""), "",
+          f"- model version: v{summary.get('model_version')}", f"- champion now: v{summary.get('champion_version')}",
+          f"- dataset version: `{summary['dataset_version']}`", f"- run folder: `{summary['run_dir']}`", "",
+          "| rule | value | threshold | champion | result |", "|---|---|---|---|---|"]
+    for r in table(gate_rows):
+        md.append(f"| {r['rule']} | {r['value']} | {r['threshold']} | {r['champion']} | {r['result']} |")
+    create_markdown_artifact("\n".join(md), key=artifact_key(spec_name, "gate"),
+                             description=f"Gate decision: {summary['decision']}")

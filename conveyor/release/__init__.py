@@ -1,0 +1,1 @@
+"""Release: the gate, the model registry, reviewer approval, promotion and live rollouts."""

@@ -1,0 +1,268 @@
+"""Reviewer sign-off: a challenger that passes its gate waits for a person before it serves.
+
+With ``gates.require_approval`` a cycle whose challenger passes the gate registers it and stops: the
+version gets a *pending* approval in the registry (``approvals`` table), the cycle's decision is
+``pending_approval`` and the event ``conveyor.approval.requested`` says what to run. A reviewer then
+runs ``conveyor approve SPEC RUN --by NAME`` (the release the cycle would have done: the champion
+alias moves, or the shadow / canary / blue_green rollout starts against the serving champion) or
+``conveyor reject SPEC RUN --by NAME --reason TEXT`` (the champion stays). Either decision is kept
+with who made it, when and why, in the approval row and in the version's lineage
+(``lineage["approval"]``), one registry transaction; ``version.json`` in the version folder is written
+once at registration and does not change. A decision is final: deciding twice, or approving a version
+whose gate failed, is an error.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from conveyor.core import events
+from conveyor.release.gate import DECISION_WORDS, GateDecision
+from conveyor.release.registry import ModelVersion, Registry, RegistryError
+from conveyor.core.spec import Spec
+from conveyor.core.workspace import Workspace
+
+MIN_PREFIX = 8
+
+
+class ApprovalError(RuntimeError):
+    """An approval or rejection that cannot be made; the message says why."""
+
+
+def _q(text: str) -> str:
+    return shlex.quote(str(text))
+
+
+def commands(spec_path: str, run_id: str | None, version: int, workspace: str | None = None) -> dict[str, str]:
+    """The commands a reviewer runs to decide on ``version`` (by the run's id prefix when there is one)."""
+    ref = f"{run_id[:MIN_PREFIX]}" if run_id else f"{version} --version"
+    ws = f" --workspace {_q(workspace)}" if workspace else ""
+    return {"approve": f"conveyor approve {_q(spec_path)} {ref}{ws} --by NAME --reason TEXT",
+            "reject": f"conveyor reject {_q(spec_path)} {ref}{ws} --by NAME --reason TEXT"}
+
+
+def request(registry: Registry, spec: Spec, version: int, run_id: str | None, *, spec_path: str | None = None,
+            workspace: str | None = None) -> dict[str, Any]:
+    """Record that ``version`` waits for a reviewer (a version that already has a request keeps it, pending
+    or decided). Returns the approval with ``decision`` (the cycle's word), ``message`` and the commands."""
+    row, created = registry.request_approval(spec.name, version, run_id)
+    champion = registry.alias(spec.name)
+    stays = f"champion stays v{champion}" if champion is not None else "there is no champion yet"
+    cmds = commands(spec_path or spec.name, row["run_id"], version, workspace)
+    status = row["status"]
+    if status == "pending":
+        decision = DECISION_WORDS["pending"]
+        message = (f"v{version} passed the gate and waits for a reviewer ({stays}); "
+                   f"decide with `{cmds['approve']}` or `{cmds['reject']}`")
+    elif status == "rejected":
+        decision = DECISION_WORDS["reject"]
+        message = (f"v{version} passed the gate, but a reviewer rejected this very model: {row['by']} at "
+                   f"{row['decided_at']} ({row['reason']}); {stays}")
+    else:  # approved earlier: the release goes ahead as it did then
+        decision = DECISION_WORDS["promote"]
+        message = f"v{version} was approved by {row['by']} at {row['decided_at']}"
+    return {**row, "created": created, "decision": decision, "message": message, **cmds}
+
+
+def requested_event(name: str, approval: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    return events.make_event("conveyor.approval.requested", name, {
+        "run_id": summary.get("run_id"), "model_version": approval["version"],
+        "champion_version": summary.get("champion_version"), "requested_at": approval["requested_at"],
+        "reason": summary.get("gate_summary"), "metrics": summary.get("metrics"),
+        "approve": approval["approve"], "reject": approval["reject"]})
+
+
+def markdown(name: str, approval: dict[str, Any], gate_summary: str, champion_version: int | None,
+             metrics: dict[str, Any] | None = None) -> str:
+    """The Prefect artifact of a pending approval: what waits, and what to run to decide."""
+    v = approval["version"]
+    keys = [k for k in ("f1", "accuracy", "ece", "map50", "miou", "latency_p95_ms") if k in (metrics or {})]
+    lines = [f"# {name} v{v} waits for approval", "",
+             f"v{v} passed the gate ({gate_summary}). `gates.require_approval` is set, so it is not promoted "
+             f"and no rollout starts until a reviewer decides.", "",
+             f"- champion now: {'v' + str(champion_version) if champion_version is not None else 'none yet'}",
+             f"- run: `{approval['run_id']}`", f"- requested at: {approval['requested_at']}"]
+    if keys:
+        lines.append("- metrics: " + ", ".join(f"{k} {float(metrics[k]):.4g}" for k in keys))
+    lines += ["", "To approve (promotes it, or starts its rollout as `deploy.strategy` says):", "",
+              "```bash", approval["approve"], "```", "", "To reject (the champion stays):", "",
+              "```bash", approval["reject"], "```"]
+    return "\n".join(lines)
+
+
+# ---- deciding --------------------------------------------------------------------------------------
+@dataclass
+class ApprovalResult:
+    status: str  # approved | rejected
+    version: int
+    run_id: str | None
+    by: str
+    reason: str | None
+    decided_at: str
+    message: str
+    champion_version: int | None  # after the decision
+    previous_champion: int | None
+    replaces: int | None = None  # a newer champion this approval replaces (or rolls out against)
+    release: dict[str, Any] | None = None  # what the release step returned (approve)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["events"] = [e["event"] for e in self.events]
+        return d
+
+
+def resolve(registry: Registry, name: str, ref: str | int, by_version: bool = False
+            ) -> tuple[dict[str, Any] | None, ModelVersion]:
+    """The approval row and version that ``ref`` names: a run id, its first 8 (or more) characters, or
+    with ``by_version`` a version number. The row is None when that version never waited for approval."""
+    if by_version:
+        try:
+            version = int(str(ref).lstrip("v"))
+        except ValueError:
+            raise ApprovalError(f"--version needs a version number, got {ref!r}") from None
+        try:
+            mv = registry.get(name, version)
+        except RegistryError as err:
+            raise ApprovalError(str(err)) from None
+        return registry.approval(name, version), mv
+    text = str(ref).strip().lower()
+    if len(text) < MIN_PREFIX:
+        raise ApprovalError(f"run {ref!r}: give the run id or at least its first {MIN_PREFIX} characters "
+                            f"(or a version number with --version)")
+    rows = [r for r in registry.approvals(name) if r["run_id"] and str(r["run_id"]).lower().startswith(text)]
+    if len(rows) > 1:
+        raise ApprovalError(f"run {ref!r} matches several approvals of {name!r}: "
+                            + ", ".join(f"v{r['version']} (run {r['run_id']})" for r in rows)
+                            + "; give more of the run id or use --version")
+    if rows:
+        return rows[0], registry.get(name, rows[0]["version"])
+    versions = [v for v in registry.list(name) if v.run_id and v.run_id.lower().startswith(text)]
+    if versions:
+        return None, versions[-1]
+    pending = registry.approvals(name, "pending")
+    waiting = ", ".join(f"v{r['version']} (run {str(r['run_id'])[:MIN_PREFIX]})" for r in pending) or "none"
+    raise ApprovalError(f"no run {ref!r} of {name!r} in the registry; waiting for approval: {waiting}")
+
+
+def _pending(row: dict[str, Any] | None, mv: ModelVersion, name: str) -> dict[str, Any]:
+    """The row, checked: it exists and is pending, and the version passed its gate."""
+    gate = mv.gate or {}
+    if not gate.get("passed") or gate.get("decision") == "reject":
+        raise ApprovalError(f"v{mv.version} of {name!r} failed its gate ({gate.get('summary') or 'no gate record'}): "
+                            f"there is nothing to approve")
+    if row is None:
+        if gate.get("decision") == "skip":
+            raise ApprovalError(f"v{mv.version} of {name!r} never waited for approval: its cycle found it was already "
+                                f"the champion")
+        raise ApprovalError(f"v{mv.version} of {name!r} never waited for approval (gates.require_approval was off "
+                            f"when run {mv.run_id} registered it; its gate decision was applied at once)")
+    if row["status"] != "pending":
+        why = f" ({row['reason']})" if row["reason"] else ""
+        raise ApprovalError(f"v{mv.version} of {name!r} was already {row['status']} by {row['by']} at "
+                            f"{row['decided_at']}{why}: a decision is final")
+    return row
+
+
+def _who(by: str) -> str:
+    by = (by or "").strip()
+    if not by:
+        raise ApprovalError("--by must name the reviewer")
+    return by
+
+
+def approve(spec: Spec, ws: Workspace | str, ref: str | int, *, by: str, reason: str | None = None,
+            by_version: bool = False, spec_path: str | None = None,
+            release: Callable[..., dict[str, Any]] | None = None) -> ApprovalResult:
+    """Approve a pending version and do what its cycle would have done after a passing gate: promote it,
+    or start its rollout against the serving champion (``tasks.release.release``, the cycle's own step).
+
+    A newer champion promoted in the meantime does not stop it: the result's ``replaces`` names it and
+    the message says so."""
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    by = _who(by)
+    reason = (reason or "").strip() or None
+    registry = Registry(ws.registry)
+    row, mv = resolve(registry, spec.name, ref, by_version)
+    row = _pending(row, mv, spec.name)
+    decision = GateDecision.from_dict(mv.gate)
+    before = registry.alias(spec.name)
+    try:
+        decided = registry.decide_approval(spec.name, mv.version, status="approved", by=by, reason=reason)
+    except RegistryError as err:  # decided by someone else between the check and now
+        raise ApprovalError(str(err)) from None
+    note = f"approved by {by}" + (f": {reason}" if reason else "")
+    replaces = before if before is not None and before > mv.version else None
+    newer = ""
+    if replaces is not None:
+        champ = registry.get(spec.name, replaces)
+        verb = ("replaces it" if spec.deploy.strategy == "replace" else
+                f"goes through a {spec.deploy.strategy} rollout against it")
+        newer = (f"; note: v{replaces} (newer, registered {champ.created_at}) became the champion after v{mv.version} "
+                 f"was gated; approving v{mv.version} {verb}")
+    rel = None
+    if before == mv.version:
+        message, after = f"v{mv.version} is already the champion", before
+    else:
+        if release is None:
+            from conveyor.orchestration.tasks.release import release as cycle_release
+            release = cycle_release
+        try:
+            rel = release(spec, str(ws.root), mv.version, decision, before, row["run_id"], spec_path, None, note=note)
+        except Exception as err:
+            registry.set_approval_outcome(spec.name, mv.version, f"approved by {by}, but the release failed: "
+                                                                  f"{type(err).__name__}: {err}")
+            raise
+        message, after = rel["message"], rel["champion_version"]
+    message = f"v{mv.version} approved by {by}" + (f" ({reason})" if reason else "") + f": {message}{newer}"
+    registry.set_approval_outcome(spec.name, mv.version, message)
+    result = ApprovalResult("approved", mv.version, row["run_id"], by, reason, decided["decided_at"], message,
+                            after, before, replaces, rel)
+    rollout = (rel or {}).get("rollout")
+    promotion = (rel or {}).get("promotion") or {}
+    payload = {"model_version": mv.version, "run_id": row["run_id"], "by": by, "reason": reason,
+               "requested_at": row["requested_at"], "decided_at": decided["decided_at"], "champion_version": after,
+               "previous_champion": before, "replaces": replaces, "message": message,
+               "rollout_id": rollout.get("rollout_id") if rollout else None}
+    result.events.append(events.make_event("conveyor.approval.approved", spec.name, payload))
+    if rollout is not None and rollout.get("status") == "running":
+        from conveyor.release.rollout import RolloutState, rollout_event
+
+        result.events.append(rollout_event("started", spec.name, RolloutState.from_dict(rollout), run_id=row["run_id"],
+                                           watcher=rollout.get("watcher"), approved_by=by))
+    elif promotion.get("action") == "promoted":
+        result.events.append(events.make_event("conveyor.model.promoted", spec.name, {
+            "run_id": row["run_id"], "trigger": "approval", "decision": "promoted", "reason": note,
+            "model_version": mv.version, "champion_version": after, "previous_version": before,
+            "metrics": mv.metrics}))
+    return result
+
+
+def reject(spec: Spec, ws: Workspace | str, ref: str | int, *, by: str, reason: str,
+           by_version: bool = False) -> ApprovalResult:
+    """Reject a pending version: the champion stays, and who rejected it and why is recorded."""
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    by = _who(by)
+    reason = (reason or "").strip()
+    if not reason:
+        raise ApprovalError("--reason must say why the version is rejected")
+    registry = Registry(ws.registry)
+    row, mv = resolve(registry, spec.name, ref, by_version)
+    row = _pending(row, mv, spec.name)
+    try:
+        decided = registry.decide_approval(spec.name, mv.version, status="rejected", by=by, reason=reason)
+    except RegistryError as err:
+        raise ApprovalError(str(err)) from None
+    champion = registry.alias(spec.name)
+    stays = f"champion stays v{champion}" if champion is not None else "there is still no champion"
+    message = f"v{mv.version} rejected by {by} ({reason}); {stays}"
+    registry.set_approval_outcome(spec.name, mv.version, message)
+    result = ApprovalResult("rejected", mv.version, row["run_id"], by, reason, decided["decided_at"], message,
+                            champion, champion)
+    result.events.append(events.make_event("conveyor.approval.rejected", spec.name, {
+        "model_version": mv.version, "run_id": row["run_id"], "by": by, "reason": reason,
+        "requested_at": row["requested_at"], "decided_at": decided["decided_at"], "champion_version": champion,
+        "message": message}))
+    return result

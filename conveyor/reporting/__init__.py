@@ -1,0 +1,1 @@
+"""Reporting: the papermill gate report rendered to HTML."""
