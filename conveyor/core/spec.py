@@ -11,34 +11,83 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-TaskKind = Literal["classification", "detection", "segmentation"]
-
-# Metrics that gate rules may name, with the direction in which they improve.
-# Per-class metrics are written ``name[class]``, e.g. ``recall[7]``.
-METRIC_DIRECTIONS: dict[str, str] = {
-    "accuracy": "higher",
-    "f1": "higher",
-    "precision": "higher",
-    "recall": "higher",
-    "ece": "lower",
-    "map50": "higher",
-    "map": "higher",
-    "miou": "higher",
-    "boundary_iou": "higher",
-    "iou": "higher",
-    "fn_rate": "lower",
+# Metrics every task kind's evaluation reports (latency and size), with the direction in which
+# they improve. The kind's own metrics come from its ``metrics`` (conveyor.kinds.base.TaskKind).
+GENERIC_METRICS: dict[str, str] = {
     "latency_p50_ms": "lower",
     "latency_p95_ms": "lower",
     "throughput_ips": "higher",
     "model_size_mb": "lower",
     "peak_memory_mb": "lower",
 }
-PER_CLASS_METRICS = {"recall", "precision", "f1", "iou", "fn_rate"}
+
+
+def metric_directions(task: str) -> dict[str, str]:
+    """The metrics gate rules of a ``task`` spec may name (per-class ones are written
+    ``name[class]``, e.g. ``recall[7]``), with the direction in which they improve."""
+    from conveyor import kinds
+
+    return {**kinds.get(task).metrics, **GENERIC_METRICS}
+
+
+def per_class_metrics(task: str) -> frozenset[str]:
+    """The metrics of ``task`` that gate rules may write per class."""
+    from conveyor import kinds
+
+    return frozenset(kinds.get(task).per_class_metrics)
+
+
+class _AllMetrics(Mapping):
+    """Metric name -> direction over every registered task kind, read when used (not at import)."""
+
+    def _table(self) -> dict[str, str]:
+        from conveyor import kinds
+
+        table: dict[str, str] = {}
+        for name in kinds.available():
+            table.update(kinds.get(name).metrics)
+        return {**table, **GENERIC_METRICS}
+
+    def __getitem__(self, key: str) -> str:
+        return self._table()[key]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+class _AllPerClass(AbstractSet):
+    """The per-class metrics of every registered task kind, read when used."""
+
+    def _names(self) -> frozenset[str]:
+        from conveyor import kinds
+
+        return frozenset().union(*(kinds.get(name).per_class_metrics for name in kinds.available()))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+METRIC_DIRECTIONS: Mapping[str, str] = _AllMetrics()
+"""Metrics of any task kind (see :func:`metric_directions` for one kind's)."""
+PER_CLASS_METRICS: AbstractSet[str] = _AllPerClass()
+"""Per-class metrics of any task kind (see :func:`per_class_metrics` for one kind's)."""
 
 _RULE_RE = re.compile(
     r"^\s*(?P<metric>[a-z_0-9]+)(?:\[(?P<cls>[^\]]+)\])?\s*(?P<op>>=|<=|==|>|<)\s*(?P<value>[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*$"
@@ -55,7 +104,8 @@ class _Base(BaseModel):
 
 class DataSpec(_Base):
     source: str = Field(description="An image folder (one sub-folder per class) or a CSV/Parquet/JSONL manifest.")
-    format: Literal["auto", "folder", "manifest", "coco", "yolo", "masks"] = "auto"
+    format: str = Field(default="auto", description="auto (folder or manifest) or a source format of a task kind "
+                                                    "(folder, manifest, coco, yolo, masks ...).")
     annotations: str | None = Field(
         default=None,
         description="Detection: a COCO JSON file or a YOLO labels folder; segmentation: the masks folder.",
@@ -68,6 +118,20 @@ class DataSpec(_Base):
     max_side: int = Field(default=8192, ge=1, description="Largest accepted image side in pixels.")
     max_pixels: int = Field(default=50_000_000, ge=1, description="Decompression-bomb limit (width x height).")
     max_file_mb: float = Field(default=64.0, gt=0)
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        from conveyor import kinds
+
+        names = ["auto"]
+        for task in kinds.available():
+            names += [f for f in kinds.get(task).source_formats if f not in names]
+        if v not in names:
+            quoted = [repr(n) for n in names]
+            raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                      {"expected": f"{', '.join(quoted[:-1])} or {quoted[-1]}"})
+        return v
 
     @model_validator(mode="after")
     def _sides(self) -> "DataSpec":
@@ -172,15 +236,20 @@ class GateRule(_Base):
         return f"{self.key} {self.op} {self.threshold:g}"
 
 
-def parse_rule(text: str) -> GateRule:
+def parse_rule(text: str, task: str | None = None) -> GateRule:
+    """A gate rule ``metric[class] OP number``; the metric must be one that ``task`` reports (any
+    task kind's when None)."""
     m = _RULE_RE.match(text)
     if not m:
         raise ValueError(f"gate rule {text!r} is not of the form 'metric OP number' (OP one of >=, <=, >, <, ==)")
     metric = m["metric"]
-    if metric not in METRIC_DIRECTIONS:
-        raise ValueError(f"gate rule {text!r}: unknown metric {metric!r}; allowed: {', '.join(sorted(METRIC_DIRECTIONS))}")
-    if m["cls"] is not None and metric not in PER_CLASS_METRICS:
-        raise ValueError(f"gate rule {text!r}: {metric} has no per-class form; per-class metrics: {sorted(PER_CLASS_METRICS)}")
+    known = METRIC_DIRECTIONS if task is None else metric_directions(task)
+    per_class = PER_CLASS_METRICS if task is None else per_class_metrics(task)
+    for_task = "" if task is None else f" for task {task!r}"
+    if metric not in known:
+        raise ValueError(f"gate rule {text!r}: unknown metric {metric!r}{for_task}; allowed: {', '.join(sorted(known))}")
+    if m["cls"] is not None and metric not in per_class:
+        raise ValueError(f"gate rule {text!r}: {metric} has no per-class form{for_task}; per-class metrics: {sorted(per_class)}")
     return GateRule(metric=metric, cls=m["cls"], op=m["op"], threshold=float(m["value"]))
 
 
@@ -452,7 +521,7 @@ class LabelingSpec(_Base):
 
 class Spec(_Base):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    task: TaskKind
+    task: str = Field(description="The task kind (conveyor.kinds.available()).")
     description: str = ""
     workspace: str | None = Field(default=None, description="Where runs write their state; default: ./workspace beside the spec.")
     data: DataSpec
@@ -467,18 +536,36 @@ class Spec(_Base):
     # Set by load_spec: the folder relative paths resolve against. Not part of the hash.
     base_dir: str | None = Field(default=None, exclude=True)
 
-    @model_validator(mode="after")
-    def _task_supported(self) -> "Spec":
-        if self.task != "classification":
-            from conveyor import kinds
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from conveyor import kinds
 
-            if self.task not in kinds.available():
-                raise ValueError(
-                    f"task {self.task!r} is declared but not available in this version; available: {kinds.available()}"
-                )
+        names = kinds.available()
+        if v not in names:
+            quoted = [repr(n) for n in names]
+            expected = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return v
+
+    @model_validator(mode="after")
+    def _task_checks(self) -> "Spec":
+        """The task kind's own checks, and the gate metrics the spec names against the kind's
+        metrics (rules and champion metrics left at their defaults are not checked)."""
+        from conveyor import kinds
+
+        kind = kinds.get(self.task)
+        kind.validate_spec(self)
+        if "rules" in self.gates.model_fields_set:
+            for rule in self.gates.rules:
+                parse_rule(rule, self.task)
+        known = metric_directions(self.task)
         for name in self.gates.champion.metrics:
             if name.split("[", 1)[0] not in METRIC_DIRECTIONS:
                 raise ValueError(f"gates.champion.metrics: unknown metric {name!r}")
+            if "metrics" in self.gates.champion.model_fields_set and name.split("[", 1)[0] not in known:
+                raise ValueError(f"gates.champion.metrics: unknown metric {name!r} for task {self.task!r}; "
+                                 f"allowed: {', '.join(sorted(known))}")
         return self
 
     # ---- paths -------------------------------------------------------------------------

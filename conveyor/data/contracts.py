@@ -36,8 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from conveyor.data.neardup import near_duplicate_pairs
+from conveyor import kinds
 from conveyor.core.io import atomic_write_json
+from conveyor.data.neardup import near_duplicate_pairs
+from conveyor.kinds.base import TaskKind
 
 if TYPE_CHECKING:  # pragma: no cover
     from conveyor.core.spec import Spec
@@ -207,17 +209,9 @@ def contract_params(spec: Spec, classes: list[str], now: datetime | None = None)
     }
 
 
-# Task kinds with suites of their own: task -> module naming its suites (MANIFEST_SUITE,
-# SPLIT_FRAME_SUITE, COVERAGE_SUITE) and building derived frames (manifest_frames,
-# class_coverage_frame). Tasks not listed use the classification suites.
-TASK_CONTRACTS = {"detection": "conveyor.kinds.detection.contracts", "segmentation": "conveyor.kinds.segmentation.contracts"}
-
-
-def _task_contracts(params: dict[str, Any]):
-    import importlib
-
-    name = TASK_CONTRACTS.get(str(params.get("task", "")))
-    return importlib.import_module(name) if name else None
+def _kind(params: dict[str, Any]) -> TaskKind:
+    """The task kind of the parameters (``task``), which names the kind's suites and frames."""
+    return kinds.get(str(params.get("task") or "classification"))
 
 
 # ---- suites ---------------------------------------------------------------------------------
@@ -346,6 +340,8 @@ class _Validator:
                 f"data contract suite {suite_name!r} needs parameters {missing}; given {sorted(params)}"
             )
         suite = _build_suite(data)
+        if not isinstance(frame, pl.DataFrame):  # a pandas frame from a task kind's contract_frames
+            frame = pl.from_pandas(frame)
         pdf = frame.to_pandas()
         batch = self.batch_definition.get_batch(batch_parameters={"dataframe": pdf})
         gx_params = {k: _jsonable(params[k]) for k in needed}
@@ -495,17 +491,25 @@ def split_near_duplicates_frame(split: pl.DataFrame, max_distance: int) -> pl.Da
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
-def split_class_coverage_frame(split: pl.DataFrame, classes: list[str], eval_splits: list[str]) -> pl.DataFrame:
-    """One row per (eval split, class) over the full class set, with ``count`` (0 when absent)."""
-    counts = split.filter(pl.col("split").is_in(eval_splits)).group_by(["split", "label"]).agg(pl.len().alias("count"))
+def class_coverage_frame(occurrences: pl.DataFrame, classes: list[str], eval_splits: list[str]) -> pl.DataFrame:
+    """One row per (eval split, class) over the full class set, with ``count``: the rows of
+    ``occurrences`` (``split``, ``cls``; a task kind's ``class_frame``) of that split and class
+    (0 when absent)."""
+    counts = (
+        occurrences.filter(pl.col("split").is_in(eval_splits))
+        .select(pl.col("split").cast(pl.String), pl.col("cls").cast(pl.String).alias("label"))
+        .group_by(["split", "label"])
+        .agg(pl.len().alias("count"))
+    )
     grid = pl.DataFrame(
         [(s, c) for s in eval_splits for c in classes], schema={"split": pl.String, "label": pl.String}, orient="row"
     )
-    return (
-        grid.join(counts.with_columns(pl.col("split").cast(pl.String), pl.col("label").cast(pl.String)),
-                  on=["split", "label"], how="left")
-        .with_columns(pl.col("count").fill_null(0).cast(pl.Int64))
-    )
+    return grid.join(counts, on=["split", "label"], how="left").with_columns(pl.col("count").fill_null(0).cast(pl.Int64))
+
+
+def split_class_coverage_frame(split: pl.DataFrame, classes: list[str], eval_splits: list[str]) -> pl.DataFrame:
+    """:func:`class_coverage_frame` of the split's labels (one per image)."""
+    return class_coverage_frame(split.select("split", pl.col("label").alias("cls")), classes, eval_splits)
 
 
 def split_sizes_frame(split: pl.DataFrame, splits: list[str]) -> pl.DataFrame:
@@ -532,32 +536,41 @@ def _validator(context) -> _Validator:
     return context if isinstance(context, _Validator) else _Validator(context)
 
 
+# Columns the failing rows of a task kind's suite frames are shown by (those the frame has).
+_KIND_EXAMPLE_COLUMNS = ["id", "split", "category"]
+
+
 def validate_manifest(
-    manifest: pl.DataFrame, params: dict[str, Any], context=None, contracts_dir: str | Path | None = None
+    manifest: pl.DataFrame, params: dict[str, Any], context=None, contracts_dir: str | Path | None = None,
+    spec: Spec | None = None,
 ) -> ContractReport:
-    """Run the ``manifest`` suite (and ``manifest_time`` when ``params['group_by'] == 'time'``)."""
+    """Run the task kind's manifest suites (for classification ``manifest``), and ``manifest_time``
+    after the first of them when ``params['group_by'] == 'time'``."""
     v = _validator(context)
-    hooks = _task_contracts(params)
-    suite = getattr(hooks, "MANIFEST_SUITE", "manifest")
-    outcomes = [v.run(suite, manifest, params, contracts_dir, example_columns=["id"])]
+    frames = _kind(params).contract_frames(manifest, None, spec)
+    outcomes = [v.run(name, frame, params, contracts_dir, example_columns=_KIND_EXAMPLE_COLUMNS)
+                for name, frame in frames.items()]
     if params.get("group_by") == "time":
-        outcomes.append(v.run("manifest_time", manifest, params, contracts_dir, example_columns=["id"]))
-    for name, frame, cols in (hooks.manifest_frames(manifest, params) if hasattr(hooks, "manifest_frames") else []):
-        outcomes.append(v.run(name, frame, params, contracts_dir, example_columns=cols))
+        outcomes.insert(min(1, len(outcomes)),
+                        v.run("manifest_time", manifest, params, contracts_dir, example_columns=["id"]))
     return _merge(outcomes, params)
 
 
 def validate_split(
-    split: pl.DataFrame, params: dict[str, Any], context=None, contracts_dir: str | Path | None = None
+    split: pl.DataFrame, params: dict[str, Any], context=None, contracts_dir: str | Path | None = None,
+    spec: Spec | None = None,
 ) -> ContractReport:
-    """Run ``split_frame`` on the split frame, then the leakage and coverage suites on derived frames.
+    """Run the task kind's split-frame suite on the split frame, then the leakage suites on derived
+    frames, the kind's other split suites, class coverage (the kind's ``class_frame`` counted per
+    eval split and class) and the split sizes.
 
-    A derived suite whose input columns are missing is skipped; ``split_frame`` fails then.
+    A derived suite whose input columns are missing is skipped; the split-frame suite fails then.
     """
     v = _validator(context)
-    hooks = _task_contracts(params)
-    frame_suite = getattr(hooks, "SPLIT_FRAME_SUITE", "split_frame")
-    outcomes = [v.run(frame_suite, split, params, contracts_dir, example_columns=["id", "split"])]
+    kind = _kind(params)
+    kind_runs = [v.run(name, frame, params, contracts_dir, example_columns=_KIND_EXAMPLE_COLUMNS)
+                 for name, frame in kind.contract_frames(split, split, spec).items()]
+    outcomes = kind_runs[:1]
     if _has(split, "group", "split"):
         outcomes.append(v.run("split_groups", split_groups_frame(split), params, contracts_dir))
     if _has(split, "label_source", "split"):  # machine labels never in val / test
@@ -568,18 +581,26 @@ def validate_split(
     if _has(split, "phash", "split", "id"):
         nd = split_near_duplicates_frame(split, int(params.get("near_duplicate_max_distance", 0)))
         outcomes.append(v.run("split_near_duplicates", nd, params, contracts_dir, table_examples=True))
-    if hasattr(hooks, "class_coverage_frame") and _has(split, "split"):  # e.g. detection: boxes per class
-        eval_splits = list(params.get("eval_splits", EVAL_SPLITS))
-        cov = hooks.class_coverage_frame(split, list(params.get("classes", [])), eval_splits)
-        outcomes.append(v.run(hooks.COVERAGE_SUITE, cov, params, contracts_dir))
-    elif _has(split, "label", "split"):
-        eval_splits = list(params.get("eval_splits", EVAL_SPLITS))
-        cov = split_class_coverage_frame(split, list(params.get("classes", [])), eval_splits)
-        outcomes.append(v.run("split_class_coverage", cov, params, contracts_dir))
+    outcomes.extend(kind_runs[1:])
+    occurrences = _class_occurrences(kind, split)
+    if occurrences is not None:
+        cov = class_coverage_frame(occurrences, list(params.get("classes", [])), list(params.get("eval_splits", EVAL_SPLITS)))
+        outcomes.append(v.run(kind.coverage_suite, cov, params, contracts_dir))
     if _has(split, "split"):
         sizes = split_sizes_frame(split, list(params.get("nonempty_splits", SPLITS)))
         outcomes.append(v.run("split_sizes", sizes, params, contracts_dir))
     return _merge(outcomes, params)
+
+
+def _class_occurrences(kind: TaskKind, split: pl.DataFrame) -> pl.DataFrame | None:
+    """The kind's class occurrences of the split, or None when the split lacks the columns
+    (the split-frame suite reports those)."""
+    if not _has(split, "split"):
+        return None
+    try:
+        return kind.class_frame(split)
+    except pl.exceptions.ColumnNotFoundError:
+        return None
 
 
 def run_contracts(
@@ -599,8 +620,8 @@ def run_contracts(
     """
     params = contract_params(spec, classes)
     v = _validator(context)
-    m = validate_manifest(manifest, params, context=v, contracts_dir=contracts_dir)
-    s = validate_split(split, params, context=v, contracts_dir=contracts_dir)
+    m = validate_manifest(manifest, params, context=v, contracts_dir=contracts_dir, spec=spec)
+    s = validate_split(split, params, context=v, contracts_dir=contracts_dir, spec=spec)
     report = ContractReport(
         success=m.success and s.success, suites=m.suites + s.suites, params=params, raw={**m.raw, **s.raw}
     )

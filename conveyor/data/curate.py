@@ -37,7 +37,7 @@ from typing import Any
 
 import polars as pl
 
-from conveyor.data.ingest import annotation_digest, rows_digest
+from conveyor.data.digest import annotation_digest, rows_digest
 from conveyor.data.neardup import near_pairs
 from conveyor.core.spec import Spec
 from conveyor.core.io import publish_version
@@ -247,7 +247,7 @@ def _curated_version(curated: pl.DataFrame, removed: pl.DataFrame, spec: Spec, p
     h.update(f"curation={spec.section_hash('curation')}\0".encode())
     kcols = ["id", "content_hash", "label", "camera", "scene", "captured_at"] + (["path"] if "path" in curated.columns else [])
     rows_digest(h, curated, kcols)
-    h.update(f"\0annotations={annotation_digest(curated)}\0".encode())  # boxes or masks of the kept rows
+    h.update(f"\0annotations={annotation_digest(curated, spec.task)}\0".encode())  # boxes or masks of the kept rows
     h.update(b"\0removed\0")
     rows_digest(h, removed, ["id", "content_hash", "reason", "duplicate_of"])
     h.update(b"\0prefer\0")

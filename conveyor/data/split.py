@@ -24,9 +24,10 @@ from pathlib import Path
 
 import polars as pl
 
-from conveyor.data.ingest import annotation_digest
-from conveyor.data.neardup import near_duplicate_pairs
+from conveyor import kinds
 from conveyor.core.spec import Spec, parse_duration_s
+from conveyor.data.digest import annotation_digest
+from conveyor.data.neardup import near_duplicate_pairs
 from conveyor.core.io import atomic_write_json, stable_hash, write_parquet_atomic
 
 SPLITS = ("train", "val", "test")
@@ -56,15 +57,10 @@ class SplitResult:
         return asdict(self)
 
 
-def class_occurrences(df: pl.DataFrame) -> pl.DataFrame:
-    """One row (split, cls) per occurrence of a class: an image's label (classification), a box
-    (detection) or an image whose mask contains the class (segmentation)."""
-    if "boxes" in df.columns:
-        return df.select("split", pl.col("boxes")).explode("boxes").drop_nulls("boxes").select(
-            "split", pl.col("boxes").struct.field("category").alias("cls"))
-    if "mask_classes" in df.columns:
-        return df.select("split", pl.col("mask_classes").alias("cls")).explode("cls").drop_nulls("cls")
-    return df.select("split", pl.col("label").alias("cls"))
+def class_occurrences(df: pl.DataFrame, task: str) -> pl.DataFrame:
+    """One row (split, cls) per occurrence of a class, as the task kind counts them (an image's
+    label, a box, an image whose mask contains the class ...)."""
+    return kinds.get(task).class_frame(df)
 
 
 def group_keys(df: pl.DataFrame, spec: Spec) -> pl.Series:
@@ -218,7 +214,7 @@ def split(
     split_version = stable_hash(
         {"rows": list(zip(df["id"].to_list(), hashes, df["label"].to_list(), groups, assigned)), "spec": spec.section_hash("split"),
          # boxes or masks: changed annotations are a new split version (training must not reuse a stale model)
-         "annotations": annotation_digest(df)}
+         "annotations": annotation_digest(df, spec.task)}
     )
     out_dir = Path(out_root) / split_version
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +227,7 @@ def split(
         os.makedirs(state_dir, exist_ok=True)
         write_parquet_atomic(pl.concat([state, add], how="vertical_relaxed"), Path(state_dir) / STATE_FILE)
 
-    occ = class_occurrences(df)
+    occ = class_occurrences(df, spec.task)
     class_list = classes or sorted(set(occ["cls"].to_list()))
     counts = {s: int((df["split"] == s).sum()) for s in SPLITS}
     n_groups = {s: int(df.filter(pl.col("split") == s)["group"].n_unique()) for s in SPLITS}

@@ -36,6 +36,7 @@ from typing import Any, Iterable
 
 import polars as pl
 
+from conveyor import kinds
 from conveyor.core.spec import IMAGE_FEATURES, PREDICTION_FEATURES
 from conveyor.core.io import atomic_write_json
 
@@ -66,8 +67,12 @@ def as_utc(t: datetime) -> datetime:
 
 
 # ---- tables -----------------------------------------------------------------------------------
-def image_table(manifest: pl.DataFrame) -> pl.DataFrame:
-    """The ``images`` stream table of a manifest (or curated / split) frame: one row per image."""
+def image_table(manifest: pl.DataFrame, task: str | None = None) -> pl.DataFrame:
+    """The ``images`` stream table of a manifest (or curated / split) frame: one row per image.
+
+    The task kind adds its own features (:meth:`~conveyor.kinds.base.TaskKind.profile_columns`,
+    e.g. objects per image for detection); ``task`` None asks every registered kind, each of which
+    adds features only for frames that carry its annotations."""
     cols: list[pl.Expr] = []
     for name in ("brightness", "contrast", "saturation", "hue", "sharpness"):
         if name in manifest.columns:
@@ -78,12 +83,8 @@ def image_table(manifest: pl.DataFrame) -> pl.DataFrame:
     if "label" in manifest.columns:
         cols.append(pl.col("label").cast(pl.String))
     cols.append(_camera_expr(manifest))
-    if "boxes" in manifest.columns and "width" in manifest.columns:
-        area = (pl.col("width") * pl.col("height")).cast(pl.Float64)
-        box_side = ((pl.element().struct.field("x2") - pl.element().struct.field("x1"))
-                    * (pl.element().struct.field("y2") - pl.element().struct.field("y1"))).sqrt()
-        cols.append(pl.col("boxes").list.len().cast(pl.Float64).alias("objects"))
-        cols.append((pl.col("boxes").list.eval(box_side).list.mean() / area.sqrt()).alias("object_size"))
+    for name in [task] if task is not None else kinds.available():
+        cols.extend(kinds.get(name).profile_columns(manifest))
     return manifest.select(cols)
 
 

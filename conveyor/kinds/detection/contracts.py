@@ -1,5 +1,5 @@
-"""Data contracts for detection datasets (used by :mod:`conveyor.data.contracts` when ``spec.task`` is
-``detection``).
+"""Data contracts for detection datasets (the detection kind's ``contract_frames`` and
+``class_frame``, run by :mod:`conveyor.data.contracts`).
 
 The image-level ``label`` column has no meaning for detection (ingest leaves it null; the boxes
 carry the classes), so the ``manifest`` and ``split_frame`` suites are replaced by
@@ -15,8 +15,6 @@ for classification: they read ``group`` / ``content_hash`` / ``phash`` / ``split
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import polars as pl
 
@@ -47,25 +45,24 @@ def boxes_frame(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def manifest_frames(manifest: pl.DataFrame, params: dict[str, Any]) -> list[tuple[str, pl.DataFrame, list[str]]]:
-    """Extra (suite, frame, example columns) to validate beside the manifest suite."""
-    return [(BOXES_SUITE, boxes_frame(manifest), ["id", "category"])]
+def contract_frames(manifest: pl.DataFrame, split: pl.DataFrame | None) -> dict[str, pl.DataFrame]:
+    """The manifest suites (``split`` None: the manifest rows, then one row per box) or the split
+    suite (the split rows)."""
+    if split is None:
+        return {MANIFEST_SUITE: manifest, BOXES_SUITE: boxes_frame(manifest)}
+    return {SPLIT_FRAME_SUITE: split}
+
+
+def class_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """One row (split, cls) per box; no rows when the frame has no boxes."""
+    if "boxes" not in frame.columns:
+        return pl.DataFrame(schema={"split": pl.String, "cls": pl.String})
+    return frame.select("split", pl.col("boxes")).explode("boxes").drop_nulls("boxes").select(
+        "split", pl.col("boxes").struct.field("category").alias("cls"))
 
 
 def class_coverage_frame(split: pl.DataFrame, classes: list[str], eval_splits: list[str]) -> pl.DataFrame:
     """One row per (eval split, class) over the full class set, with ``count`` = boxes (0 when absent)."""
-    grid = pl.DataFrame(
-        [(s, c) for s in eval_splits for c in classes], schema={"split": pl.String, "label": pl.String}, orient="row"
-    )
-    if "boxes" not in split.columns or split.height == 0:
-        return grid.with_columns(pl.lit(0, dtype=pl.Int64).alias("count"))
-    counts = (
-        split.filter(pl.col("split").is_in(eval_splits))
-        .select(pl.col("split").cast(pl.String), "boxes")
-        .explode("boxes")
-        .filter(pl.col("boxes").is_not_null())
-        .select("split", pl.col("boxes").struct.field("category").alias("label"))
-        .group_by(["split", "label"])
-        .agg(pl.len().alias("count"))
-    )
-    return grid.join(counts, on=["split", "label"], how="left").with_columns(pl.col("count").fill_null(0).cast(pl.Int64))
+    from conveyor.data.contracts import class_coverage_frame as coverage
+
+    return coverage(class_frame(split), classes, eval_splits)

@@ -42,6 +42,9 @@ from typing import Any
 
 import polars as pl
 
+from conveyor.data.records import Annotated, Collection, Finisher, IngestError, Item, Quarantined
+from conveyor.data.sources import ItemMeta, check_metadata, inside, read_sidecar, text_or_none
+
 BOX_REASONS: dict[str, str] = {
     "box_outside_image": "the box reaches outside the decoded image",
     "empty_box": "zero or negative width or height",
@@ -85,7 +88,7 @@ class Annotations:
     bad: list[dict[str, Any]] = field(default_factory=list)
     received: int = 0
 
-    def finish(self, manifest: pl.DataFrame) -> "Finished":
+    def finish(self, manifest: pl.DataFrame) -> Annotated:
         """Check every box against its decoded image, attach the ``boxes`` column, count."""
         bad = list(self.bad)
         sizes = dict(zip(manifest["id"].to_list(), zip(manifest["width"].to_list(), manifest["height"].to_list())))
@@ -132,16 +135,18 @@ class Annotations:
         h.update(json.dumps(self.classes).encode())
         h.update(json.dumps([[i, per_image.get(i, [])] for i in ids], sort_keys=True).encode())
         h.update(json.dumps(bq.select("image", "source", "ref", "reason").rows()).encode())
-        return Finished(manifest, {"box_quarantine.parquet": bq}, summary, h.hexdigest(), list(self.classes))
+        return Annotated(manifest, frames={"box_quarantine.parquet": bq}, summary=summary, classes=list(self.classes),
+                         digest=h.hexdigest())
 
 
-@dataclass
-class Finished:
-    manifest: pl.DataFrame
-    frames: dict[str, pl.DataFrame]
-    summary: dict[str, Any]
-    digest: str
-    classes: list[str]
+class BoxCheck(Finisher):
+    """The finisher of a COCO / YOLO collection: the boxes checked against the decoded images."""
+
+    def __init__(self, annotations: Annotations) -> None:
+        self.annotations = annotations
+
+    def finish(self, manifest: pl.DataFrame) -> Annotated:
+        return self.annotations.finish(manifest)
 
 
 def _bad(image: str | None, source: str, ref: str, fld: str, reason: str, detail: str) -> dict[str, Any]:
@@ -277,42 +282,24 @@ def read_yolo(labels_root: Path, image_rels: set[str], classes: list[str]) -> tu
     return ann, files
 
 
-# ---- the collector that conveyor.data.ingest calls --------------------------------------------------
+# ---- the collector of the detection kind ------------------------------------------------------------
 
 
-def _sidecar_meta(root: str) -> tuple[dict[str, tuple], list[Path]]:
-    from conveyor.data import ingest as I
-
-    sidecar = next((Path(root) / n for n in I.SIDECAR_NAMES if (Path(root) / n).is_file()), None)
-    if sidecar is None:
-        return {}, []
-    df = I._read_table(sidecar, "metadata sidecar")
-    if "path" not in df.columns:
-        raise I.IngestError(f"metadata sidecar {sidecar} lacks the column 'path' (relative to {root})")
-    cols = [I._column(df, c) for c in I.META_COLUMNS]
-    meta: dict[str, tuple] = {}
-    for i, p in enumerate(I._column(df, "path")):
-        if p is not None:
-            meta.setdefault(Path(os.path.normpath(str(p))).as_posix(), (cols[0][i], cols[1][i], cols[2][i]))
-    return meta, [sidecar]
-
-
-def collect(spec, src: Path, fmt: str):
+def collect(spec, src: Path, fmt: str) -> Collection:
     """List the images and read the annotations of a ``coco`` or ``yolo`` source for ingest."""
-    from conveyor.data import ingest as I
-
     if not src.is_dir():
-        raise I.IngestError(f"data.source {src} must be the images folder for data.format: {fmt}")
+        raise IngestError(f"data.source {src} must be the images folder for data.format: {fmt}")
     if not spec.data.annotations:
-        raise I.IngestError(f"data.format: {fmt} needs data.annotations ({'the COCO JSON file' if fmt == 'coco' else 'the labels folder'})")
+        raise IngestError(f"data.format: {fmt} needs data.annotations ({'the COCO JSON file' if fmt == 'coco' else 'the labels folder'})")
     root = os.path.realpath(src)
     ann_path = spec.resolve_path(spec.data.annotations)
-    meta, meta_files = _sidecar_meta(root)
-    items: list = []
-    bad: list = []
+    sidecar = read_sidecar(root)
+    meta_files = [sidecar.path] if sidecar is not None else []
+    items: list[Item] = []
+    bad: list[Quarantined] = []
     if fmt == "coco":
         if not ann_path.is_file():
-            raise I.IngestError(f"data.annotations {ann_path} is not a file (the COCO JSON)")
+            raise IngestError(f"data.annotations {ann_path} is not a file (the COCO JSON)")
 
         def rel_of(name: str) -> str:
             p = name if os.path.isabs(name) else os.path.join(root, name)
@@ -321,57 +308,56 @@ def collect(spec, src: Path, fmt: str):
         try:
             records, ann = read_coco(ann_path, list(spec.data.classes) if spec.data.classes else None, rel_of)
         except ValueError as err:
-            raise I.IngestError(str(err)) from None
+            raise IngestError(str(err)) from None
         seen: dict[str, int] = {}
         for rec in records:
-            it = I._Item(rec["given"], rec["rel"], rec["row"])
+            it = Item(rec["given"], rec["rel"], rec["row"])
             if rec["rel"] is None:
-                bad.append(I._q(it, "missing_file", "file_name", f"{ann_path.name} image #{rec['row']} has no file_name"))
+                bad.append(it.quarantine("missing_file", "file_name", f"{ann_path.name} image #{rec['row']} has no file_name"))
                 continue
-            m = meta.get(rec["rel"], (None, None, None))
-            it.camera = I._text(rec.get("camera")) or I._text(m[0])
-            it.scene = I._text(rec.get("scene")) or I._text(m[1])
-            it.captured_at = rec.get("captured_at") if rec.get("captured_at") is not None else m[2]
+            m = (sidecar.get(rec["rel"]) if sidecar is not None else None) or ItemMeta()
+            it = it.replace(camera=text_or_none(rec.get("camera")) or text_or_none(m.camera),
+                            scene=text_or_none(rec.get("scene")) or text_or_none(m.scene),
+                            captured_at=rec.get("captured_at") if rec.get("captured_at") is not None else m.captured_at)
             norm = os.path.normpath(os.path.join(root, rec["rel"]))
-            if not I._inside(norm, root):
-                bad.append(I._q(it, "path_escapes_root", "file_name", f"{norm} is outside the data root {root}"))
+            if not inside(norm, root):
+                bad.append(it.quarantine("path_escapes_root", "file_name", f"{norm} is outside the data root {root}"))
                 continue
             if norm in seen:
-                bad.append(I._q(it, "duplicate_row", "file_name", f"the file is already listed as image #{seen[norm]}"))
+                bad.append(it.quarantine("duplicate_row", "file_name", f"the file is already listed as image #{seen[norm]}"))
                 continue
             seen[norm] = rec["row"]
-            it.norm_path = norm
+            it = it.replace(norm_path=norm)
             parent, name = os.path.split(norm)
             real_parent = os.path.realpath(parent)
-            if not I._inside(real_parent, root):
-                bad.append(I._q(it, "path_escapes_root", "file_name", f"its folder resolves to {real_parent}, outside {root}"))
+            if not inside(real_parent, root):
+                bad.append(it.quarantine("path_escapes_root", "file_name", f"its folder resolves to {real_parent}, outside {root}"))
                 continue
-            it.real_path = os.path.join(real_parent, name)
-            items.append(it)
+            items.append(it.replace(real_path=os.path.join(real_parent, name)))
         received = len(records)
         meta_files = [ann_path, *meta_files]
     else:
         if not spec.data.classes:
-            raise I.IngestError("data.format: yolo needs data.classes (the class names, in class-index order)")
+            raise IngestError("data.format: yolo needs data.classes (the class names, in class-index order)")
         if not ann_path.is_dir():
-            raise I.IngestError(f"data.annotations {ann_path} is not a folder (the YOLO labels folder)")
+            raise IngestError(f"data.annotations {ann_path} is not a folder (the YOLO labels folder)")
         labels_real = os.path.realpath(ann_path)
         for p in sorted(Path(root).rglob("*")):
             if p.suffix.lower() not in IMAGE_SUFFIXES or any(part.startswith(".") for part in p.relative_to(root).parts):
                 continue
-            if I._inside(os.path.realpath(p.parent), labels_real):
+            if inside(os.path.realpath(p.parent), labels_real):
                 continue
             rel = p.relative_to(root).as_posix()
-            m = meta.get(rel, (None, None, None))
-            it = I._Item(rel, rel, None, camera=I._text(m[0]), scene=I._text(m[1]), captured_at=m[2], norm_path=str(p))
+            it = Item(rel, rel, None, norm_path=str(p))
+            if sidecar is not None:
+                it = sidecar.apply(it)
             real = os.path.realpath(p)
-            if not I._inside(real, root):
-                bad.append(I._q(it, "path_escapes_root", "path", f"symlink resolves to {real}, outside the data root {root}"))
+            if not inside(real, root):
+                bad.append(it.quarantine("path_escapes_root", "path", f"symlink resolves to {real}, outside the data root {root}"))
                 continue
-            it.real_path = real
-            items.append(it)
+            items.append(it.replace(real_path=real))
         received = len(items) + len(bad)
         ann, label_files = read_yolo(ann_path, {it.rel_path for it in items}, list(spec.data.classes))
         meta_files = [*label_files, *meta_files]
-    cands, more_bad = I._check_metadata(spec, items, labels=False)
-    return I._Collected(root, fmt, cands, bad + more_bad, received, meta_files, finish=ann.finish)
+    cands, more_bad = check_metadata(spec, items, labels=False)
+    return Collection(root, fmt, cands, bad + more_bad, received, meta_files, finisher=BoxCheck(ann))

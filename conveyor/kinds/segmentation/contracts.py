@@ -1,5 +1,5 @@
-"""Data contracts for segmentation datasets (used by :mod:`conveyor.data.contracts` when ``spec.task``
-is ``segmentation``).
+"""Data contracts for segmentation datasets (the segmentation kind's ``contract_frames`` and
+``class_frame``, run by :mod:`conveyor.data.contracts`).
 
 The image-level ``label`` is null for segmentation (the masks carry the classes), so the
 ``manifest`` and ``split_frame`` suites are replaced by ``segmentation_manifest`` and
@@ -16,25 +16,28 @@ from __future__ import annotations
 
 import polars as pl
 
-from conveyor.kinds.segmentation.sources import class_presence_frame
-
 MANIFEST_SUITE = "segmentation_manifest"
 SPLIT_FRAME_SUITE = "segmentation_split_frame"
 COVERAGE_SUITE = "segmentation_class_coverage"
 
 
+def contract_frames(manifest: pl.DataFrame, split: pl.DataFrame | None) -> dict[str, pl.DataFrame]:
+    """The manifest suite (``split`` None) or the split suite, on the frames themselves."""
+    if split is None:
+        return {MANIFEST_SUITE: manifest}
+    return {SPLIT_FRAME_SUITE: split}
+
+
+def class_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """One row (split, cls) per (image, class present in its mask); no rows without ``mask_classes``."""
+    if "mask_classes" not in frame.columns:
+        return pl.DataFrame(schema={"split": pl.String, "cls": pl.String})
+    return frame.select("split", pl.col("mask_classes").alias("cls")).explode("cls").drop_nulls("cls")
+
+
 def class_coverage_frame(split: pl.DataFrame, classes: list[str], eval_splits: list[str]) -> pl.DataFrame:
     """One row per (eval split, class) over the full class set, with ``count`` = images whose mask
     contains the class (0 when absent)."""
-    grid = pl.DataFrame(
-        [(s, c) for s in eval_splits for c in classes], schema={"split": pl.String, "label": pl.String}, orient="row"
-    )
-    if "mask_classes" not in split.columns or split.height == 0:
-        return grid.with_columns(pl.lit(0, dtype=pl.Int64).alias("count"))
-    counts = (
-        class_presence_frame(split.filter(pl.col("split").is_in(eval_splits)))
-        .group_by(["split", "label"])
-        .agg(pl.col("id").n_unique().alias("count"))
-        .with_columns(pl.col("split").cast(pl.String), pl.col("label").cast(pl.String))
-    )
-    return grid.join(counts, on=["split", "label"], how="left").with_columns(pl.col("count").fill_null(0).cast(pl.Int64))
+    from conveyor.data.contracts import class_coverage_frame as coverage
+
+    return coverage(class_frame(split), classes, eval_splits)

@@ -24,13 +24,14 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
 from PIL import Image
 
 from conveyor.core.io import sha256_bytes
+from conveyor.data.records import Accepted, Annotated, Collection, Finisher, IngestError, Item, Quarantined
+from conveyor.data.sources import SIDECAR_NAMES, check_metadata, inside, read_sidecar
 
 REASONS: dict[str, str] = {
     "missing_mask": "no mask file for the image under data.annotations (same relative path, .png)",
@@ -57,86 +58,66 @@ def mask_path_for(rel_path: str, root: str | Path) -> str:
     return os.path.join(str(root), rel.with_suffix(MASK_SUFFIX).as_posix())
 
 
-def collect(spec, src: Path):
+def collect(spec, src: Path) -> Collection:
     """Every file below ``src`` as an item (no labels), with sidecar metadata; the masks folder,
-    dot files and the sidecar itself are skipped. Returns ingest's ``_Collected``."""
-    from conveyor.data import ingest as ing
-
+    dot files and the sidecar files are skipped. The collection's finisher pairs each decoded
+    image with its mask (:class:`MaskPairs`)."""
+    if not src.is_dir():
+        raise IngestError(f"data.source {src} is not a folder of images (data.format: masks)")
     if not spec.data.classes:
-        raise ing.IngestError("data.format 'masks' needs data.classes: the class of each mask index, in order")
+        raise IngestError("data.format 'masks' needs data.classes: the class of each mask index, in order")
     try:
         mroot = os.path.realpath(masks_root(spec))
     except ValueError as err:
-        raise ing.IngestError(str(err)) from None
+        raise IngestError(str(err)) from None
     if not os.path.isdir(mroot):
-        raise ing.IngestError(f"data.annotations {mroot} is not a folder (the masks of data.format: masks)")
+        raise IngestError(f"data.annotations {mroot} is not a folder (the masks of data.format: masks)")
     root = os.path.realpath(src)
-    items: list[ing._Item] = []
-    bad: list[ing._Quarantined] = []
+    items: list[Item] = []
+    bad: list[Quarantined] = []
 
     def walk(dir_real: str, rel_dir: str) -> None:
         try:
             entries = sorted(os.scandir(dir_real), key=lambda e: e.name)
         except OSError as err:
-            it = ing._Item(rel_dir, rel_dir, None)
-            bad.append(ing._q(it, "unreadable", "path", f"folder cannot be listed: {err.strerror or err}"))
+            it = Item(rel_dir, rel_dir, None)
+            bad.append(it.quarantine("unreadable", "path", f"folder cannot be listed: {err.strerror or err}"))
             return
         for e in entries:
-            if e.name.startswith(".") or (not rel_dir and e.name in ing.SIDECAR_NAMES):
+            if e.name.startswith(".") or (not rel_dir and e.name in SIDECAR_NAMES):
                 continue
             rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
             full = os.path.join(dir_real, e.name)
             real = os.path.realpath(full)
             if real == mroot:
                 continue
-            it = ing._Item(rel, rel, None, norm_path=full)
-            if not ing._inside(real, root):
-                bad.append(ing._q(it, "path_escapes_root", "path", f"resolves to {real}, outside the data root {root}"))
+            it = Item(rel, rel, None, norm_path=full)
+            if not inside(real, root):
+                bad.append(it.quarantine("path_escapes_root", "path", f"resolves to {real}, outside the data root {root}"))
             elif os.path.isdir(real):
                 if not e.is_symlink():
                     walk(real, rel)
             elif not os.path.exists(real):
-                bad.append(ing._q(it, "missing_file", "path", f"broken symlink to {real}"))
+                bad.append(it.quarantine("missing_file", "path", f"broken symlink to {real}"))
             else:
-                it.real_path = real
-                items.append(it)
+                items.append(it.replace(real_path=real))
 
     walk(root, "")
     if not items and not bad:
-        raise ing.IngestError(f"data.source {root} holds no images")
+        raise IngestError(f"data.source {root} holds no images")
     meta_files: list[Path] = []
-    sidecar = next((Path(root) / n for n in ing.SIDECAR_NAMES if (Path(root) / n).is_file()), None)
+    sidecar = read_sidecar(root)
     if sidecar is not None:
-        meta_files.append(sidecar)
-        df = ing._read_table(sidecar, "metadata sidecar")
-        if "path" not in df.columns:
-            raise ing.IngestError(f"metadata sidecar {sidecar} lacks the column 'path' (relative to {root})")
-        paths = ing._column(df, "path")
-        cols = [ing._column(df, c) for c in ing.META_COLUMNS]
-        meta: dict[str, tuple[Any, Any, Any]] = {}
-        for i, p in enumerate(paths):
-            if p is not None:
-                meta.setdefault(Path(os.path.normpath(str(p))).as_posix(), (cols[0][i], cols[1][i], cols[2][i]))
-        for it in items:
-            m = meta.get(it.rel_path or "")
-            if m is not None:
-                it.camera, it.scene, it.captured_at = ing._text(m[0]), ing._text(m[1]), m[2]
+        meta_files.append(sidecar.path)
+        items = [sidecar.apply(it) for it in items]
     # The masks are part of the source's content (source_fingerprint hashes meta_files).
     for it in items:
         mp = Path(mask_path_for(it.rel_path or "", mroot))
         if mp.is_file():
             meta_files.append(mp)
     received = len(items) + len(bad)
-    ok: list[ing._Item] = []
-    for it in items:
-        raw = it.captured_at
-        try:
-            it.captured_at = ing.parse_timestamp(raw)
-        except ValueError as err:
-            bad.append(ing._q(it, "bad_timestamp", "captured_at", f"captured_at {raw!r} cannot be parsed: {err}"))
-            continue
-        ok.append(it)
-    return ing._Collected(root, "masks", ok, bad, received, meta_files)
+    ok, more_bad = check_metadata(spec, items, labels=False)
+    return Collection(root, "masks", ok, bad + more_bad, received, meta_files, finisher=MaskPairs(spec))
 
 
 @dataclass(frozen=True)
@@ -194,26 +175,29 @@ def check_mask(mask_path: str, width: int, height: int, classes: list[str], igno
     return MaskInfo(mask_path, sha256_bytes(data), [classes[int(v)] for v in present if v < k])
 
 
-def check_pairs(spec, col, accepted: list[tuple], features: list[Any]):
-    """Check the mask of every accepted image. Returns (accepted, features, quarantined, info by id)
-    with failing pairs moved from the first two to the quarantine."""
-    from conveyor.data import ingest as ing
+class MaskPairs(Finisher):
+    """Checks the mask of every decoded image (a failing pair goes to the quarantine) and adds
+    ``mask_path``, ``mask_hash`` and ``mask_classes`` to the manifest; the mask hashes are part
+    of the dataset version."""
 
-    mroot = os.path.realpath(masks_root(spec))
-    classes = list(spec.data.classes or [])
-    keep, keep_f, bad, info = [], [], [], {}
-    for a, f in zip(accepted, features):
-        it = a[0]
-        mp = mask_path_for(it.rel_path or "", mroot)
+    def __init__(self, spec) -> None:
+        self.root = os.path.realpath(masks_root(spec))
+        self.classes = list(spec.data.classes or [])
+        self.ignore_index = int(spec.data.ignore_index)
+        self.info: dict[str, MaskInfo] = {}
+
+    def check(self, accepted: Accepted) -> Quarantined | None:
+        it = accepted.item
+        mp = mask_path_for(it.rel_path or "", self.root)
         try:
-            mi = check_mask(mp, int(a[5]), int(a[6]), classes, int(spec.data.ignore_index), mroot)
+            mi = check_mask(mp, int(accepted.width), int(accepted.height), self.classes, self.ignore_index, self.root)
         except MaskError as err:
-            bad.append(ing._q(it, err.reason, "mask_path", err.detail))
-            continue
-        keep.append(a)
-        keep_f.append(f)
-        info[it.rel_path] = mi
-    return keep, keep_f, bad, info
+            return it.quarantine(err.reason, "mask_path", err.detail)
+        self.info[it.rel_path] = mi
+        return None
+
+    def finish(self, manifest: pl.DataFrame) -> Annotated:
+        return Annotated(with_mask_columns(manifest, self.info), version_rows=("masks", ("id", "mask_hash")))
 
 
 def with_mask_columns(manifest: pl.DataFrame, info: dict[str, MaskInfo]) -> pl.DataFrame:
@@ -223,14 +207,4 @@ def with_mask_columns(manifest: pl.DataFrame, info: dict[str, MaskInfo]) -> pl.D
         pl.Series("mask_path", [info[i].mask_path for i in ids], dtype=pl.String),
         pl.Series("mask_hash", [info[i].mask_hash for i in ids], dtype=pl.String),
         pl.Series("mask_classes", [info[i].mask_classes for i in ids], dtype=pl.List(pl.String)),
-    )
-
-
-def class_presence_frame(split: pl.DataFrame) -> pl.DataFrame:
-    """One row per (image, class present in its mask) with ``split`` and ``label`` = the class,
-    the frame the class-coverage contract counts for segmentation."""
-    return (
-        split.select("id", "split", pl.col("mask_classes").alias("label"))
-        .explode("label")
-        .filter(pl.col("label").is_not_null())
     )
