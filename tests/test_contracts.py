@@ -247,6 +247,25 @@ def test_unknown_split_name_fails(split, params, ctx):
 # ---- manifest -----------------------------------------------------------------------------------
 
 
+def test_a_task_kind_may_give_its_suite_frames_as_pandas(manifest, params, ctx, monkeypatch):
+    from conveyor import kinds
+    from conveyor.kinds.classification import ClassificationKind
+
+    class PandasKind(ClassificationKind):
+        name = "pandas-test"
+
+        def contract_frames(self, m, s, spec):
+            return {k: v.to_pandas() for k, v in super().contract_frames(m, s, spec).items()}
+
+    monkeypatch.setattr(kinds, "_registered", dict(kinds._registered))
+    monkeypatch.setattr(kinds, "_instances", dict(kinds._instances))
+    kinds.register("pandas-test", PandasKind)
+    victim = manifest["id"][3]
+    report = validate_manifest(set_rows(manifest, [victim], label="zebra"), {**params, "task": "pandas-test"}, context=ctx)
+    assert [s.name for s in report.suites if not s.success] == ["manifest"]
+    assert report.suite("manifest").failed[0].examples == [{"id": victim, "label": "zebra"}]
+
+
 def test_unknown_label_in_manifest_fails(manifest, params, ctx):
     victim = manifest["id"][3]
     bad = set_rows(manifest, [victim], label="zebra")

@@ -22,8 +22,8 @@ def frame(n_cameras=8, per_camera=12, classes=("a", "b", "c"), start=0, camera_o
     return pl.DataFrame(rows)
 
 
-def spec(**split_kw):
-    return spec_from_dict({"name": "s", "task": "classification", "data": {"source": "."}, "split": split_kw,
+def spec(task="classification", **split_kw):
+    return spec_from_dict({"name": "s", "task": task, "data": {"source": "."}, "split": split_kw,
                            "curation": {"near_duplicates": {"max_distance": 2}}})
 
 
@@ -113,7 +113,7 @@ def test_detection_and_segmentation_classes_are_counted_and_annotations_version_
     base = frame().with_columns(pl.lit(None, dtype=pl.Utf8).alias("label"))
     boxes = [[{"x1": 0.0, "y1": 0.0, "x2": 4.0, "y2": 4.0, "category": "a"}] * (1 + i % 2) for i in range(base.height)]
     det = base.with_columns(pl.Series("boxes", boxes, dtype=pl.List(box)))
-    sp = spec(group_by="camera")
+    sp = spec(task="detection", group_by="camera")
     r1, o1 = run(tmp_path / "a", det, sp)
     assert sum(r1.per_class[s]["a"] for s in ("train", "val", "test")) == sum(len(b) for b in boxes)
     moved = [[{**b[0], "x2": 5.0}] + b[1:] if i == 0 else b for i, b in enumerate(boxes)]
@@ -122,6 +122,7 @@ def test_detection_and_segmentation_classes_are_counted_and_annotations_version_
 
     seg = base.with_columns(pl.Series("mask_classes", [["bg", "defect"] if i % 3 == 0 else ["bg"] for i in range(base.height)]),
                             pl.lit("m" * 64).alias("mask_hash"))
+    sp = spec(task="segmentation", group_by="camera")
     r3, o3 = run(tmp_path / "c", seg, sp)
     assert sum(r3.per_class[s].get("defect", 0) for s in ("train", "val", "test")) == 32
     r4, _ = run(tmp_path / "d", seg.with_columns(pl.lit("n" * 64).alias("mask_hash")), sp)

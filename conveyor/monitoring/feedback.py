@@ -27,7 +27,8 @@ from typing import Any, Callable, Sequence
 
 import polars as pl
 
-from conveyor.data.ingest import IngestError, column_values, parse_timestamp, read_table, text_or_none
+from conveyor.data.records import IngestError
+from conveyor.data.sources import column_values, parse_timestamp, read_table, text_or_none
 from conveyor.core.spec import PerformanceTrigger, parse_duration_s
 
 BACKGROUND = "background"

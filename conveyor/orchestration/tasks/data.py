@@ -12,7 +12,8 @@ from conveyor.data.contracts import ContractError, ContractReport, run_contracts
 from conveyor.data.curate import CurateResult, curate
 from conveyor.labels import versions as labels
 from conveyor.labels import stage as review
-from conveyor.data.ingest import IngestResult, ingest, source_fingerprint
+from conveyor.data.fingerprint import source_fingerprint
+from conveyor.data.ingest import IngestResult, ingest
 from conveyor.core.spec import Spec
 from conveyor.data.split import SplitResult, frozen_eval_hashes, split
 from conveyor.core.workspace import Workspace
