@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import imagefactory as F  # noqa: E402
 
 from conveyor.data.curate import EXTRA_SCHEMA, CurateError, curate  # noqa: E402
-from conveyor.data.ingest import MANIFEST_SCHEMA, ingest  # noqa: E402
+from conveyor.data.ingest import ingest  # noqa: E402
+from conveyor.data.records import MANIFEST_SCHEMA  # noqa: E402
 from conveyor.data.neardup import near_duplicate_pairs, near_pairs  # noqa: E402
 from conveyor.core.spec import spec_from_dict  # noqa: E402
 

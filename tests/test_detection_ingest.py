@@ -12,7 +12,8 @@ from PIL import Image
 
 from conveyor.data.contracts import run_contracts
 from conveyor.data.curate import curate
-from conveyor.data.ingest import IngestError, ingest
+from conveyor.data.ingest import ingest
+from conveyor.data.records import IngestError
 from conveyor.core.spec import spec_from_dict
 from conveyor.data.split import split
 

@@ -18,15 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import imagefactory as F  # noqa: E402
 
 from conveyor.data import imageio  # noqa: E402
-from conveyor.data.ingest import (  # noqa: E402
-    MANIFEST_SCHEMA,
-    QUARANTINE_SCHEMA,
-    IngestError,
-    IngestResult,
-    ingest,
-    parse_timestamp,
-    source_fingerprint,
-)
+from conveyor.data.fingerprint import source_fingerprint  # noqa: E402
+from conveyor.data.ingest import IngestResult, ingest  # noqa: E402
+from conveyor.data.records import MANIFEST_SCHEMA, QUARANTINE_SCHEMA, IngestError  # noqa: E402
+from conveyor.data.sources import parse_timestamp  # noqa: E402
 from conveyor.core.spec import spec_from_dict  # noqa: E402
 
 

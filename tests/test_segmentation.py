@@ -99,7 +99,8 @@ def test_ingest_quarantines_each_bad_mask_kind(tmp_path):
 
 
 def test_changed_mask_changes_the_dataset_version(tmp_path):
-    from conveyor.data.ingest import ingest, source_fingerprint
+    from conveyor.data.fingerprint import source_fingerprint
+    from conveyor.data.ingest import ingest
 
     write_pairs(tmp_path, cameras=1, per_camera=2)
     spec = seg_spec(tmp_path)
@@ -112,7 +113,8 @@ def test_changed_mask_changes_the_dataset_version(tmp_path):
 
 
 def test_masks_need_classes_and_annotations(tmp_path):
-    from conveyor.data.ingest import IngestError, ingest
+    from conveyor.data.ingest import ingest
+    from conveyor.data.records import IngestError
 
     write_pairs(tmp_path, cameras=1, per_camera=1)
     d = seg_spec(tmp_path).model_dump()

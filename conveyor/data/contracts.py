@@ -17,6 +17,11 @@ Suites and the frames they run on:
 - ``split_class_coverage``: (eval split, class) counts over the full class set; count >= minimum.
 - ``split_sizes``: image count of every split whose ratio is above 0; count >= 1.
 
+Task kinds bring their own suites (``TaskKind.contract_suites``): ``contract_frames`` gives the
+frames of the kind's manifest and split-frame suites (which replace ``manifest`` and
+``split_frame``, e.g. ``detection_manifest``), plus derived ones (``detection_boxes``); class
+coverage counts the kind's ``class_frame`` under its ``coverage_suite``.
+
 GX has no polars support, so frames are converted to pandas (through pyarrow) here. Great
 Expectations is imported lazily, inside functions: importing this module costs nothing.
 """
