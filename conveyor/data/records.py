@@ -168,11 +168,6 @@ class Collection:
     meta_files: list[Path] = field(default_factory=list)  # manifest / sidecar / annotation files read
     finisher: Finisher | None = None
 
-    @property
-    def kind(self) -> str:
-        """Alias of :attr:`format` (the name ``ingest.json`` uses)."""
-        return self.format
-
 
 def quarantine_frame(rows: list[Quarantined]) -> pl.DataFrame:
     """The quarantine rows as a frame of :data:`QUARANTINE_SCHEMA`, sorted by row, then path."""
