@@ -17,7 +17,8 @@ Spec and gates
     :meth:`validate_spec`, :meth:`check_classes`.
 Data
     ``source_formats``, :meth:`collect`, ``annotation_columns``, :meth:`annotation_digest`,
-    :meth:`class_frame`, ``contract_suites``, :meth:`contract_frames`, :meth:`profile_columns`.
+    :meth:`class_frame`, ``contract_suites``, ``coverage_suite``, :meth:`contract_frames`,
+    :meth:`profile_columns`.
 Labels and review
     ``label_field``, :meth:`label_digest`, :meth:`labelstudio_config`,
     :meth:`labelstudio_prediction`, :meth:`labelstudio_parse`, :meth:`label_key`, ``csv_columns``,
