@@ -7,8 +7,9 @@ Versions are Parquet files under ``<workspace>/labels/<pipeline>/<version>.parqu
 once; ``index.jsonl`` beside them records when each first appeared and its parent (the version
 before it). Each model's lineage names the label version it was trained on.
 
-For classification the label is the class; for detection it is a digest of the image's boxes,
-for segmentation the mask's content hash, so an edited box or mask is a label change too.
+The label stored is the task kind's ``label_digest``: for classification the class, for detection
+a digest of the image's boxes, for segmentation the mask's content hash, so an edited box or mask
+is a label change too.
 """
 
 from __future__ import annotations
@@ -117,16 +118,13 @@ class ReviewCounts:
 def apply_reviews(ws: Workspace, name: str, reviewed: pl.DataFrame, task: str) -> tuple[LabelVersion, ReviewCounts]:
     """The latest label version with reviewed labels applied (source ``review``), published as a new
     version; returns it with what changed, counted by image. ``reviewed`` has the columns
-    content_hash, id and label (classification), boxes (detection, JSON) or mask_hash (segmentation)."""
+    content_hash, id and the stored label columns of the task kind (``TaskKind.review_record``)."""
+    from conveyor import kinds
+
     past = history(ws, name)
     base = (pl.read_parquet(labels_dir(ws, name) / f"{past[-1]['version']}.parquet") if past
             else pl.DataFrame(schema=LABEL_SCHEMA))
-    if task == "detection":
-        label = [_boxes_digest(json.loads(b) if b is not None else []) for b in reviewed["boxes"].to_list()]
-    elif task == "segmentation":
-        label = reviewed["mask_hash"].to_list()
-    else:
-        label = reviewed["label"].to_list()
+    label = kinds.get(task).label_digest(reviewed)
     new = pl.DataFrame({"content_hash": reviewed["content_hash"], "id": reviewed["id"],
                         "label": pl.Series(label, dtype=pl.String), "source": ["review"] * reviewed.height},
                        schema=LABEL_SCHEMA)
