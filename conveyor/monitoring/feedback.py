@@ -29,8 +29,8 @@ import polars as pl
 
 from conveyor.data.ingest import IngestError, column_values, parse_timestamp, read_table, text_or_none
 from conveyor.core.spec import PerformanceTrigger, parse_duration_s
+from conveyor.serving.prediction import BACKGROUND  # noqa: F401 - what non-class predictions name
 
-BACKGROUND = "background"
 PREDICTION_NUMERIC = ("confidence", "predicted_objects", "predicted_object_size", "predicted_foreground")
 FEEDBACK_QUARANTINE_SCHEMA = {"source": pl.String(), "row": pl.Int64(), "field": pl.String(), "reason": pl.String(),
                               "detail": pl.String()}

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+#: What a prediction without any object or foreground names (detection, segmentation).
+BACKGROUND = "background"
+
 
 @dataclass(frozen=True)
 class Prediction:

@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 
 from conveyor.labels.hardcases import Scored, class_name, unit_interval
-from conveyor.monitoring.feedback import BACKGROUND
-from conveyor.serving.prediction import Prediction
+from conveyor.serving.prediction import BACKGROUND, Prediction
 
 # conveyor.kinds.detection.model.SCORE_THRESHOLD, repeated so that serving does not import torch.
 SCORE_THRESHOLD = 0.5

@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 
 from conveyor.labels.hardcases import Scored, class_name, softmax, uncertainty_measures, unit_interval
-from conveyor.monitoring.feedback import BACKGROUND
-from conveyor.serving.prediction import Prediction
+from conveyor.serving.prediction import BACKGROUND, Prediction
 
 IGNORE_INDEX = 255
 
