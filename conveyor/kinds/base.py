@@ -82,6 +82,8 @@ class TaskKind:
     labelstudio_module: ClassVar[str]
     #: The field a label lives in: "label" | "boxes" | "mask" | "labels".
     label_field: ClassVar[str]
+    #: The manifest columns :meth:`label_digest` reads (they also tell a manifest's kind apart).
+    label_columns: ClassVar[tuple[str, ...]]
     #: Extra columns of the review CSV (after ``label``), e.g. detection's ``("boxes",)``.
     csv_columns: ClassVar[tuple[str, ...]] = ()
     #: Production feedback rows become training rows (True) or send their images to review (False).

@@ -13,6 +13,7 @@ class ClassificationKind(TaskKind):
     # labels and review
     labelstudio_module = "conveyor.kinds.classification.labelstudio"
     label_field = "label"
+    label_columns = ("label",)
     csv_columns = ()
     feedback_trains = True
     finds_label_errors = True

@@ -13,6 +13,7 @@ class DetectionKind(TaskKind):
     # labels and review
     labelstudio_module = "conveyor.kinds.detection.labelstudio"
     label_field = "boxes"
+    label_columns = ("boxes",)
     csv_columns = ("boxes",)
     feedback_trains = False
     finds_label_errors = False

@@ -13,6 +13,7 @@ class SegmentationKind(TaskKind):
     # labels and review
     labelstudio_module = "conveyor.kinds.segmentation.labelstudio"
     label_field = "mask"
+    label_columns = ("mask_hash",)
     csv_columns = ("mask",)
     feedback_trains = False
     finds_label_errors = False
