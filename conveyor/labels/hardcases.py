@@ -1,4 +1,4 @@
-"""Hard cases: uncertainty scores from raw model outputs, machine labels, and the review sampler.
+"""Hard cases: the uncertainty record and measures of raw model outputs, and the review sampler.
 
 Uncertainty measures
 --------------------
@@ -10,7 +10,8 @@ Every score lies in [0, 1] and is HIGHER when the model is LESS sure:
 * ``entropy`` -- Shannon entropy of the distribution divided by ``log K`` (the uniform maximum):
   highest for a flat distribution over all classes.
 
-Per task kind (probabilities from a numerically stable softmax in float64; the kind's ``score``):
+Per task kind (probabilities from a numerically stable softmax in float64; ``TaskKind.score`` in
+``conveyor/kinds/<kind>/serving.py``, which also makes the kind's machine labels):
 
 * classification: the measures of the softmax of the logits; ``confidence`` is ``p1``.
 * detection: each box scoring at least ``floor`` is a yes/no decision with probability ``s``;
