@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     from conveyor.monitoring import monitor
     from conveyor.model.evaluate import export_onnx_model
     from conveyor.release.registry import Registry
-    from conveyor.serving.runtime import LoadedModel, decode_request
+    from conveyor.serving.model import LoadedModel
+    from conveyor.serving.preprocess import decode_request
     from conveyor.core.io import sha256_file
     from conveyor.core.workspace import Workspace
 

@@ -6,15 +6,15 @@ import numpy as np
 import polars as pl
 import pytest
 
+from conveyor.kinds.classification.serving import score_logits as score_classification
+from conveyor.kinds.detection.serving import machine_boxes
+from conveyor.kinds.detection.serving import score_boxes as score_detection
+from conveyor.kinds.segmentation.serving import machine_mask
+from conveyor.kinds.segmentation.serving import score_logits as score_segmentation
 from conveyor.labels.hardcases import (
     MEASURES,
-    machine_boxes,
-    machine_mask,
     rare_classes,
-    score_classification,
-    score_detection,
     score_outputs,
-    score_segmentation,
     select_hard_cases,
 )
 

@@ -77,3 +77,14 @@ def test_detection_boxes_and_segmentation_masks_are_labels_too():
     assert t1["label"][0] != t2["label"][0] and t1["label"][1] == t2["label"][1]
     seg = labels.label_table(pl.DataFrame({"content_hash": ["h"], "id": ["i"], "mask_hash": ["m1"]}))
     assert seg["label"].to_list() == ["m1"] and seg["source"].to_list() == ["human"]
+
+
+def test_label_table_asks_the_task_kind():
+    box = {"x1": 1.0, "y1": 1.0, "x2": 5.0, "y2": 5.0, "category": "a"}
+    det = pl.DataFrame({"content_hash": ["h1"], "id": ["i1"], "label": pl.Series([None], dtype=pl.String),
+                        "boxes": [[box]]})
+    inferred, named = labels.label_table(det), labels.label_table(det, "detection")
+    assert inferred["label"].to_list() == named["label"].to_list() and named["label"][0] is not None
+    assert labels.label_table(det, "classification")["label"].to_list() == [None]
+    with pytest.raises(labels.LabelError, match="no label columns"):
+        labels.label_table(pl.DataFrame({"content_hash": ["h"], "id": ["i"]}))

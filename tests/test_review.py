@@ -99,7 +99,8 @@ def _setup(tmp_path: Path, colour_model: Path, **labeling):
 
 
 def _margin(model: Path, path: str) -> float:
-    from conveyor.serving.runtime import LoadedModel, decode_request
+    from conveyor.serving.model import LoadedModel
+    from conveyor.serving.preprocess import decode_request
 
     m = LoadedModel(1, model)
     p = m.session.run(None, {m.input_name: decode_request(Path(path).read_bytes(), 10**8).input(m.image_size)})[0][0]
@@ -122,7 +123,8 @@ def test_auto_labels_respect_the_threshold_and_never_reach_val_or_test(tmp_path,
     q = pl.read_parquet(u["quarantine_path"])
     assert sorted(q["rel_path"].to_list()) == ["empty.png", "notes.png"]
     # exactly the images whose confidence reaches 0.9 got machine labels, each its dominant colour
-    from conveyor.serving.runtime import LoadedModel, decode_request
+    from conveyor.serving.model import LoadedModel
+    from conveyor.serving.preprocess import decode_request
 
     m = LoadedModel(1, colour_model)
     sure = {}
@@ -332,7 +334,7 @@ def test_feedback_wrong_answers_come_first_and_classes_are_balanced():
 def test_production_feedback_reaches_the_training_manifest(tmp_path, colour_model):
     """The service keeps request images; feedback joined by request id labels them for training."""
     from conveyor.monitoring.monitor import prediction_log_dir
-    from conveyor.serving.runtime import capture_image, captures_dir
+    from conveyor.serving.captures import capture_image, captures_dir
 
     manifest = write_toy_dataset(tmp_path / "data", per_class_per_camera=2, cameras=4)
     d = toy_spec_dict(source=str(manifest), labeling={"auto_label_threshold": None, "budget": 0,

@@ -12,10 +12,10 @@ import pytest
 
 from conftest import toy_spec_dict
 from conveyor.release import rollout as rollout_mod
-from conveyor.serving import runtime as serving
+from conveyor.serving import routing
 from conveyor.release.registry import Registry
 from conveyor.serving.http import BackgroundServer, create_app
-from conveyor.serving.runtime import InferenceService, ServiceConfig
+from conveyor.serving.service import InferenceService, ServiceConfig
 from conveyor.core.spec import spec_from_dict
 from conveyor.core.workspace import Workspace
 from test_serving import models, png, register, set_champion  # noqa: F401  (the tiny ONNX models fixture)
@@ -163,5 +163,5 @@ def test_manual_rollback_during_a_canary_returns_all_traffic_to_the_champion(tmp
             clients.finish()
     assert clients.failures == []
     assert {a["model_version"] for a in clients.answers[after:]} == {v1}
-    assert serving.read_rollout(serving.rollout_path(ws, spec.name)).status == "rolled_back"
+    assert routing.read_rollout(rollout_mod.rollout_path(ws, spec.name)).status == "rolled_back"
     assert Registry(ws.registry).rollouts(spec.name)[0]["reason"] == "operator: green is wrong"

@@ -22,10 +22,14 @@ from torch import nn
 from conveyor.monitoring import feedback
 from conveyor.monitoring import monitor
 from conveyor.serving import log as prediction_log
-from conveyor.serving import runtime as serving
+from conveyor.kinds.detection import serving as detection_serving
+from conveyor.release import rollout as rollout_state
+from conveyor.serving import captures, preprocess, routing
+from conveyor.serving import service as service_mod
 from conveyor.release.registry import Registry
 from conveyor.serving.http import BackgroundServer, create_app
-from conveyor.serving.runtime import InferenceService, RequestError, ServiceConfig
+from conveyor.serving.preprocess import RequestError
+from conveyor.serving.service import InferenceService, ServiceConfig
 from conveyor.core.spec import spec_from_dict
 from conveyor.core.io import atomic_write_json, sha256_file
 from conveyor.core.workspace import Workspace
@@ -79,7 +83,7 @@ def set_champion(ws: Workspace, name: str, version: int) -> None:
 
 def write_rollout(ws: Workspace, name: str, strategy: str, champion: int, challenger: int, traffic: float = 1.0,
                   status: str = "running", rollout_id: str = "r-1", sticky_header: str | None = None) -> None:
-    atomic_write_json(serving.rollout_path(ws, name), {
+    atomic_write_json(rollout_state.rollout_path(ws, name), {
         "rollout_id": rollout_id, "strategy": strategy, "champion": champion, "challenger": challenger,
         "traffic": traffic, "sticky_header": sticky_header, "started_at": "2026-01-01T00:00:00+00:00",
         "ends_at": "2026-01-01T01:00:00+00:00", "status": status, "reason": None,
@@ -130,7 +134,7 @@ def test_preprocessing_matches_the_training_decode(tmp_path):
     Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)).save(tmp_path / "b.jpg", exif=exif)
     for path, size in ((tmp_path / "a.png", (37, 23)), (tmp_path / "b.jpg", (30, 50))):
         data = path.read_bytes()
-        req = serving.decode_request(data, max_pixels=10**6)
+        req = preprocess.decode_request(data, max_pixels=10**6)
         want = torch.from_numpy(decode_image(path, SIDE).copy()).permute(2, 0, 1)[None].float() / 255.0
         assert np.array_equal(req.input(SIDE), want.numpy()), path.name
         assert (req.width, req.height) == size
@@ -142,17 +146,17 @@ def test_preprocessing_matches_the_training_decode(tmp_path):
 def test_score_threshold_is_the_detection_adapters():
     from conveyor.kinds.detection import model as detection
 
-    assert serving.SCORE_THRESHOLD == detection.SCORE_THRESHOLD
+    assert detection_serving.SCORE_THRESHOLD == detection.SCORE_THRESHOLD
 
 
 def test_multipart_upload_is_extracted():
     body = (b"--xyz\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n"
             b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
             b"Content-Type: image/png\r\n\r\n\x89PNG\r\n\x1a\n\r\n--xyz--\r\n")
-    assert serving.extract_upload(body, "multipart/form-data; boundary=xyz") == b"\x89PNG\r\n\x1a\n"
-    assert serving.extract_upload(b"raw", "image/png") == b"raw"
+    assert preprocess.extract_upload(body, "multipart/form-data; boundary=xyz") == b"\x89PNG\r\n\x1a\n"
+    assert preprocess.extract_upload(b"raw", "image/png") == b"raw"
     with pytest.raises(RequestError) as err:
-        serving.extract_upload(body.replace(b'"file"', b'"other"'), "multipart/form-data; boundary=xyz")
+        preprocess.extract_upload(body.replace(b'"file"', b'"other"'), "multipart/form-data; boundary=xyz")
     assert err.value.reason == "missing_file"
 
 
@@ -205,7 +209,7 @@ def test_predict_answers_with_the_champion(cls_env):
     assert (first["width"], first["height"], first["status"], first["role"]) == (24, 20, "ok", "champion")
     assert first["brightness"] > 0 and first["latency_ms"] > 0
     # every answered image is kept once, content-addressed, for feedback and the review queue
-    kept = serving.captures_dir(ws, spec.name) / first["capture"]
+    kept = captures.captures_dir(ws, spec.name) / first["capture"]
     assert kept.read_bytes() == png(TOY_COLOURS["red"]) and kept.suffix == ".png"
     assert rows["capture"].null_count() == 0 and rows["capture"].n_unique() == 3
 
@@ -225,11 +229,11 @@ def test_no_image_of_a_privacy_excluded_camera_is_kept(cls_env):
 
 def test_capture_share_is_a_stable_draw_per_request_id():
     ids = [f"req-{i}" for i in range(2000)]
-    share = sum(serving.should_capture(i, 0.25) for i in ids) / len(ids)
+    share = sum(captures.should_capture(i, 0.25) for i in ids) / len(ids)
     assert 0.2 < share < 0.3
-    assert [serving.should_capture(i, 0.25) for i in ids[:50]] == [serving.should_capture(i, 0.25) for i in ids[:50]]
-    assert not any(serving.should_capture(i, 0.0) for i in ids[:50])
-    assert all(serving.should_capture(i, 1.0) for i in ids[:50])
+    assert [captures.should_capture(i, 0.25) for i in ids[:50]] == [captures.should_capture(i, 0.25) for i in ids[:50]]
+    assert not any(captures.should_capture(i, 0.0) for i in ids[:50])
+    assert all(captures.should_capture(i, 1.0) for i in ids[:50])
 
 
 def test_bad_requests_get_400_or_413_are_quarantined_and_serving_goes_on(cls_env):
@@ -335,7 +339,7 @@ def test_canary_sends_its_share_and_sticky_keys_stay_put(cls_env):
                 seen.setdefault(f"user-{k}", set()).add((r["model_version"], r["role"]))
         assert all(len(v) == 1 for v in seen.values())
         for key, v in seen.items():
-            want = "challenger" if serving.sticky_fraction("canary-7", key) < 0.3 else "champion"
+            want = "challenger" if routing.sticky_fraction("canary-7", key) < 0.3 else "champion"
             assert next(iter(v))[1] == want
         assert 0 < sum(next(iter(v))[1] == "challenger" for v in seen.values()) < 40
     rows = log_rows(ws, spec.name)
@@ -359,10 +363,10 @@ def test_blue_green_switches_everything_once_the_challenger_is_ready(cls_env, mo
         assert {(a["model_version"], a["role"], a["label"]) for a in answers} == {(2, "challenger", "green")}
         st = c.get("/status").json()
         assert (st["champion"], st["challenger"], st["strategy"], st["traffic"]) == (1, 2, "blue_green", 1.0)
-        state = json.loads(serving.service_state_path(ws, spec.name).read_text())
+        state = json.loads(service_mod.service_state_path(ws, spec.name).read_text())
         assert state["ready"] == [1, 2] and state["rollout_id"] == "r-2" and state["pid"] > 0
         # an unusable rollout.json leaves the routing as it is
-        serving.rollout_path(ws, spec.name).write_text("{not json")
+        rollout_state.rollout_path(ws, spec.name).write_text("{not json")
         service.refresh()
         assert post(c, png()).json()["model_version"] == 2 and c.get("/status").json()["rollout_error"]
         # the controller promotes: the alias moves, the rollout ends; v1 is unloaded
@@ -464,11 +468,11 @@ def test_a_restart_serves_the_same_state(cls_env):
     first = InferenceService(spec, ws, ServiceConfig(**FAST))
     first.refresh()
     first.stop()
-    assert json.loads(serving.service_state_path(ws, spec.name).read_text())["stopped"] is True
+    assert json.loads(service_mod.service_state_path(ws, spec.name).read_text())["stopped"] is True
     second = InferenceService(spec, ws, ServiceConfig(**FAST))
     routing = second.refresh()
     assert (routing.champion.version, routing.challenger.version, routing.traffic) == (2, 3, 0.2)
-    state = json.loads(serving.service_state_path(ws, spec.name).read_text())
+    state = json.loads(service_mod.service_state_path(ws, spec.name).read_text())
     assert (state["champion"], state["challenger"], state["ready"], state["strategy"], state["rollout_id"]) == (
         2, 3, [2, 3], "canary", "r-9")
     second.stop()

@@ -461,7 +461,7 @@ def cmd_webhook_send(args) -> int:
 
 def cmd_serve(args) -> int:
     from conveyor.serving.http import serve
-    from conveyor.serving.runtime import ServiceConfig
+    from conveyor.serving.service import ServiceConfig
 
     spec = _load(args.spec)
     config = ServiceConfig(threads=args.threads, poll_s=args.poll)

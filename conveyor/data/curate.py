@@ -259,3 +259,37 @@ def _write_version(out_root: Path, version: str, curated: pl.DataFrame, removed:
                    summary: dict[str, Any]) -> Path:
     return publish_version(out_root, version, {"curated.parquet": curated, "removed.parquet": removed},
                            "curate.json", summary)
+
+
+# ---- the same rules for images outside the labelled source (the review pool) -----------------------
+def private_rows(spec: Spec) -> pl.Expr:
+    """True for the rows ``curation.privacy`` excludes: an excluded camera or scene, or no camera
+    while ``drop_missing_camera`` is set."""
+    privacy = spec.curation.privacy
+    private = pl.col("camera").is_in(privacy.exclude_cameras).fill_null(False) | pl.col("scene").is_in(
+        privacy.exclude_scenes).fill_null(False)
+    if privacy.drop_missing_camera:
+        private = private | pl.col("camera").is_null()
+    return private
+
+
+def drop_private(frame: pl.DataFrame, spec: Spec) -> tuple[pl.DataFrame, int]:
+    """(the rows ``curation.privacy`` keeps, how many it excluded)."""
+    if frame.height == 0:
+        return frame, 0
+    private = private_rows(spec)
+    return frame.filter(~private), int(frame.select(private.sum()).item())
+
+
+def near_duplicates_of(frame: pl.DataFrame, reference: pl.DataFrame, max_distance: int) -> set[int]:
+    """Row indices of ``frame`` whose perceptual hash (``phash``) is within ``max_distance`` of one in
+    ``reference``; rows without a hash never match, and hashes of different lengths match nothing."""
+    from conveyor.data.neardup import near_duplicate_pairs
+
+    ph = frame["phash"].fill_null("").to_list()
+    lph = reference["phash"].fill_null("").to_list()
+    idx = [i for i, h in enumerate(ph) if h]
+    lidx = [h for h in lph if h]
+    if not idx or not lidx or len({len(ph[i]) for i in idx} | {len(h) for h in lidx}) != 1:
+        return set()
+    return {idx[a] for a, _, _ in near_duplicate_pairs([ph[i] for i in idx], max_distance, lidx)}

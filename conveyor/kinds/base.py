@@ -36,16 +36,19 @@ import importlib
 from dataclasses import dataclass
 from functools import cached_property
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Hashable, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
 
+    import numpy as np
     import pandas as pd
     import polars as pl
 
     from conveyor.core.spec import Spec
     from conveyor.data.records import Collection
+    from conveyor.labels.hardcases import Scored
+    from conveyor.serving.prediction import Prediction
 
 
 @dataclass(frozen=True)
@@ -156,3 +159,102 @@ class TaskKind:
     def profile_columns(self, manifest: "pl.DataFrame") -> "list[pl.Expr]":
         """Extra per-image features of the monitoring ``images`` stream."""
         return []
+    # ---- Labels and review (numpy / polars; the kind's ``labelstudio_module``) ------------------------
+    #: The module with the kind's Label Studio, review-CSV and label-storage functions.
+    labelstudio_module: ClassVar[str]
+    #: The field a label lives in: "label" | "boxes" | "mask" | "labels".
+    label_field: ClassVar[str]
+    #: The manifest columns :meth:`label_digest` reads (they also tell a manifest's kind apart).
+    label_columns: ClassVar[tuple[str, ...]]
+    #: Extra columns of the review CSV (after ``label``), e.g. detection's ``("boxes",)``.
+    csv_columns: ClassVar[tuple[str, ...]] = ()
+    #: Production feedback rows become training rows (True) or send their images to review (False).
+    feedback_trains: ClassVar[bool] = False
+    #: Whether suspected label errors of labelled images are searched for the review queue.
+    finds_label_errors: ClassVar[bool] = False
+    #: Whether every logged prediction names a class (the prediction table's ``predicted`` is required).
+    prediction_required: ClassVar[bool] = False
+
+    @cached_property
+    def labelstudio(self) -> ModuleType:
+        """The kind's Label Studio / review module (see :mod:`conveyor.kinds.detection.labelstudio`)."""
+        return importlib.import_module(self.labelstudio_module)
+
+    def labelstudio_classes(self, classes: Sequence[str]) -> list[str]:
+        """The class names a review project of this kind uses, checked (ValueError says why)."""
+        return self.labelstudio.check_classes(classes)
+
+    def labelstudio_config(self, classes: Sequence[str]) -> str:
+        """The Label Studio labelling config (XML)."""
+        return self.labelstudio.config(classes)
+
+    def labelstudio_prediction(self, item: Mapping, classes: Sequence[str]) -> list[dict] | None:
+        """The pre-annotation result list of one queue item (None: no prediction)."""
+        return self.labelstudio.prediction(item, classes)
+
+    def labelstudio_parse(self, ctx: Any, result: list, info: Mapping, where: str) -> Any:
+        """One exported annotation's result list to a label value (raises
+        :class:`conveyor.labels.labelstudio.imports.Reject`)."""
+        return self.labelstudio.parse(ctx, result, info, where)
+
+    def label_key(self, value: Any) -> Hashable:
+        """What two labels of one image are compared by."""
+        return self.labelstudio.label_key(value)
+
+    def csv_parse(self, ctx: Any, rec: Mapping, where: str) -> Any:
+        """One filled row of the review CSV to a label value (raises ``Reject``)."""
+        return self.labelstudio.csv_parse(ctx, rec, where)
+
+    def csv_cells(self, item: Mapping, classes: Sequence[str]) -> dict[str, str]:
+        """The ``predicted`` cell and the :attr:`csv_columns` cells of one queue item's CSV row."""
+        return self.labelstudio.csv_cells(item, classes)
+
+    def label_digest(self, reviewed: pl.DataFrame) -> list[str]:
+        """One string per row, stored as the label in a label version (rows of a manifest or of
+        the reviewed labels)."""
+        return self.labelstudio.label_digest(reviewed)
+
+    def review_record(self, value: Any, save_mask: Callable[[np.ndarray], tuple[str, str]]) -> dict[str, Any]:
+        """A label value as columns of the stored reviewed labels (``label`` / ``boxes`` JSON /
+        ``mask_path`` + ``mask_hash``); ``save_mask`` stores a mask and returns (path, sha256)."""
+        return self.labelstudio.review_record(value, save_mask)
+
+    def review_columns(self, records: Sequence[Mapping], classes: Sequence[str]) -> list[pl.Series]:
+        """Manifest annotation columns for stored reviewed-label records (see :meth:`review_record`)."""
+        return self.labelstudio.review_columns(records, classes)
+
+    def class_counts(self, frame: pl.DataFrame) -> dict[str, int]:
+        """How often each class occurs in the labels of a manifest's rows."""
+        return self.labelstudio.class_counts(frame)
+
+    def machine_label(self, outputs: Mapping[str, np.ndarray], classes: Sequence[str], threshold: float,
+                      **ctx: Any) -> Any | None:
+        """An auto-label from one image's raw ONNX outputs, or None when not sure enough. ``ctx``:
+        ``size`` (model side), ``width`` / ``height`` (original pixels), ``ignore_index``."""
+        return self.serving.machine_label(outputs, classes, threshold, **ctx)
+
+    # ---- Scoring and serving (numpy only; the kind's ``serving_module``) ------------------------------
+    #: The module with the kind's decoders and scores (numpy only, no torch).
+    serving_module: ClassVar[str]
+    #: Output names of the exported graph.
+    onnx_outputs: ClassVar[tuple[str, ...]]
+    #: Whether the ONNX graph takes N images per call.
+    batchable: ClassVar[bool] = True
+
+    @cached_property
+    def serving(self) -> ModuleType:
+        """The kind's numpy decoders (see :mod:`conveyor.kinds.classification.serving`)."""
+        return importlib.import_module(self.serving_module)
+
+    def decode_prediction(self, outputs: Mapping[str, np.ndarray], classes: list[str], size: int, width: int,
+                          height: int) -> Prediction:
+        """The service's answer and the prediction log's fields for one image's outputs."""
+        return self.serving.decode(outputs, classes, size, width, height)
+
+    def score(self, outputs: Mapping[str, np.ndarray], classes: Sequence[str]) -> Scored:
+        """Hard-case measures of one image's outputs (with or without the batch axis)."""
+        return self.serving.score(outputs, classes)
+
+    def prediction_classes(self, classes: Sequence[str]) -> set[str]:
+        """The names a logged prediction may carry."""
+        return self.serving.prediction_classes(classes)

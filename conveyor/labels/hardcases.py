@@ -1,4 +1,4 @@
-"""Hard cases: uncertainty scores from raw model outputs, machine labels, and the review sampler.
+"""Hard cases: the uncertainty record and measures of raw model outputs, and the review sampler.
 
 Uncertainty measures
 --------------------
@@ -10,7 +10,8 @@ Every score lies in [0, 1] and is HIGHER when the model is LESS sure:
 * ``entropy`` -- Shannon entropy of the distribution divided by ``log K`` (the uniform maximum):
   highest for a flat distribution over all classes.
 
-Per task (probabilities from a numerically stable softmax in float64):
+Per task kind (probabilities from a numerically stable softmax in float64; ``TaskKind.score`` in
+``conveyor/kinds/<kind>/serving.py``, which also makes the kind's machine labels):
 
 * classification: the measures of the softmax of the logits; ``confidence`` is ``p1``.
 * detection: each box scoring at least ``floor`` is a yes/no decision with probability ``s``;
@@ -38,7 +39,6 @@ import polars as pl
 MEASURES = ("least_confidence", "margin", "entropy")
 STRATEGIES = ("uncertainty", "disagreement", "rare", "diversity")
 STAT_COLUMNS = ("brightness", "contrast", "saturation", "sharpness", "hue")
-OBJECT_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -60,22 +60,28 @@ class Scored:
 
 
 # ---- scoring ------------------------------------------------------------------------------------
+# The per-kind scores (and machine labels) live with the task kind (``TaskKind.score``,
+# ``TaskKind.machine_label``, e.g. :mod:`conveyor.kinds.detection.serving`); these are the numeric
+# pieces they share.
 
-def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    """A numerically stable softmax in float64."""
     x = np.asarray(x, dtype=np.float64)
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def _unit(v: float) -> float:
+def unit_interval(v: float) -> float:
+    """``v`` clipped to [0, 1] as a Python float."""
     return float(min(1.0, max(0.0, float(v))))
 
 
-def _name(classes: Sequence[str], i: int) -> str:
+def class_name(classes: Sequence[str], i: int) -> str:
+    """The name of class index ``i`` (the index itself as text when it is out of range)."""
     return str(classes[i]) if 0 <= i < len(classes) else str(i)
 
 
-def _measures(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def uncertainty_measures(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(p1, least_confidence, margin, normalised entropy)`` along axis 0 of probabilities ``p``."""
     k = p.shape[0]
     top = np.sort(p, axis=0)
@@ -90,110 +96,12 @@ def _measures(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     return p1, 1.0 - p1, margin, entropy
 
 
-def score_classification(logits: np.ndarray, classes: Sequence[str]) -> Scored:
-    """Score the logits ``(K,)`` or ``(1, K)`` of one image."""
-    z = np.asarray(logits, dtype=np.float64).reshape(-1)
-    if z.size == 0:
-        raise ValueError("classification logits are empty")
-    p = _softmax(z, 0)
-    i = int(p.argmax())
-    p1, lc, margin, entropy = _measures(p)
-    name = _name(classes, i)
-    return Scored(name, (name,), _unit(p1), _unit(lc), _unit(margin), _unit(entropy))
-
-
-def score_detection(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, classes: Sequence[str],
-                    floor: float = 0.05) -> Scored:
-    """Score one image's detections: its most uncertain box (score >= ``floor``) decides."""
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    lab = np.asarray(labels).reshape(-1).astype(np.int64)
-    if lab.size != s.size:
-        raise ValueError(f"{s.size} scores but {lab.size} labels")
-    objects = np.flatnonzero(s >= OBJECT_THRESHOLD)
-    objects = objects[np.argsort(-s[objects], kind="stable")]
-    predicted = _name(classes, int(lab[objects[0]])) if objects.size else None
-    present = tuple(sorted({_name(classes, int(lab[j])) for j in objects}))
-    live = s[s >= floor]
-    if live.size == 0:
-        confidence = 1.0 - float(s.max()) if s.size else 1.0
-        return Scored(predicted, present, _unit(confidence), 0.0, 0.0, 0.0)
-    sure = np.maximum(live, 1.0 - live)
-    q = np.clip(live, 0.0, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        bits = -(np.where(q > 0, q * np.log2(q), 0.0) + np.where(q < 1, (1 - q) * np.log2(1 - q), 0.0))
-    return Scored(predicted, present, _unit(sure.min()), _unit((1.0 - sure).max()),
-                  _unit((1.0 - np.abs(2.0 * live - 1.0)).max()), _unit(bits.max()))
-
-
-def _seg_logits(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits)
-    if z.ndim == 4:
-        if z.shape[0] != 1:
-            raise ValueError(f"segmentation logits of one image expected, got batch of {z.shape[0]}")
-        z = z[0]
-    if z.ndim != 3:
-        raise ValueError(f"segmentation logits must be (1, K, H, W) or (K, H, W), got {np.shape(logits)}")
-    return z
-
-
-def score_segmentation(logits: np.ndarray, classes: Sequence[str]) -> Scored:
-    """Score the logits ``(1, K, S, S)`` or ``(K, S, S)`` of one image; class 0 is background."""
-    p = _softmax(_seg_logits(logits), 0)
-    idx = p.argmax(0)
-    counts = np.bincount(idx.ravel(), minlength=p.shape[0])
-    fg = counts[1:]
-    predicted = _name(classes, int(fg.argmax()) + 1) if fg.size and fg.max() > 0 else None
-    present = tuple(sorted(_name(classes, int(i)) for i in np.flatnonzero(counts) if i >= 1))
-    p1, lc, margin, entropy = _measures(p)
-    return Scored(predicted, present, _unit(p1.mean()), _unit(lc.mean()), _unit(margin.mean()),
-                  _unit(entropy.mean()))
-
-
 def score_outputs(task: str, outputs: Mapping[str, np.ndarray], classes: Sequence[str]) -> Scored:
-    """Score one image's raw ONNX outputs for ``task`` (with or without the batch dimension)."""
-    if task == "classification":
-        return score_classification(outputs["logits"], classes)
-    if task == "detection":
-        return score_detection(outputs["boxes"], outputs["scores"], outputs["labels"], classes)
-    if task == "segmentation":
-        return score_segmentation(outputs["logits"], classes)
-    raise ValueError(f"unknown task {task!r}; expected classification, detection or segmentation")
+    """Score one image's raw ONNX outputs with the task kind ``task`` (with or without the batch
+    dimension); ValueError for an unknown kind."""
+    from conveyor import kinds
 
-
-# ---- machine labels -----------------------------------------------------------------------------
-
-def machine_boxes(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, classes: Sequence[str],
-                  size: int, width: int, height: int, min_score: float = 0.5) -> list[dict[str, Any]]:
-    """Boxes scoring at least ``min_score`` as labels in the original ``width`` x ``height`` pixels."""
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    lab = np.asarray(labels).reshape(-1).astype(np.int64)
-    keep = np.flatnonzero(s >= min_score)
-    keep = keep[np.argsort(-s[keep], kind="stable")]
-    scale = np.array([width / size, height / size, width / size, height / size])
-    limit = np.array([width, height, width, height], dtype=np.float64)
-    out: list[dict[str, Any]] = []
-    for j in keep:
-        if not 0 <= lab[j] < len(classes):
-            continue
-        x1, y1, x2, y2 = np.clip(b[j] * scale, 0.0, limit).tolist()
-        if x2 <= x1 or y2 <= y1:
-            continue
-        out.append({"x1": round(x1, 2), "y1": round(y1, 2), "x2": round(x2, 2), "y2": round(y2, 2),
-                    "category": str(classes[int(lab[j])])})
-    return out
-
-
-def machine_mask(logits: np.ndarray, threshold: float, ignore_index: int, width: int, height: int) -> np.ndarray:
-    """A uint8 ``(height, width)`` class mask; pixels less sure than ``threshold`` get ``ignore_index``."""
-    p = _softmax(_seg_logits(logits), 0)
-    mask = p.argmax(0).astype(np.uint8)
-    mask[p.max(0) < threshold] = np.uint8(ignore_index)
-    if mask.shape != (height, width):
-        from PIL import Image
-
-        mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST), dtype=np.uint8)
-    return mask
+    return kinds.get(task).score(outputs, classes)
 
 
 # ---- rare classes -------------------------------------------------------------------------------

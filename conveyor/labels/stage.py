@@ -14,10 +14,13 @@ knows into the manifest the cycle trains on (``label_source`` says where each la
   ``labeling.auto_label_threshold`` confidence. Machine labels train, never evaluate: the split
   keeps them out of val and test, and a data contract checks it.
 
-The images without labels (the pool) are ``labeling.unlabeled`` and, with ``labeling.production``,
-the images the inference service kept (``deploy.capture``). Both are ingested like the source
-(same decode safety and quarantine, ``accepted + quarantined == received``). Pool images that are
-near-duplicates of labelled ones are left out. The rest that the champion is not sure enough
+The images without labels (the pool, :mod:`conveyor.labels.pool`) are ``labeling.unlabeled`` and,
+with ``labeling.production``, the images the inference service kept (``deploy.capture``). Both are
+ingested like the source (same decode safety and quarantine, ``accepted + quarantined == received``).
+Pool images of excluded cameras or scenes, and near-duplicates of labelled ones, are left out
+(:mod:`conveyor.data.curate`'s rules). The champion scores the pool through the one ONNX scorer
+(:class:`conveyor.serving.model.LoadedModel`); what a score, a machine label or a pre-annotation
+is comes from the task kind. The rest that the champion is not sure enough
 about are ranked by :func:`conveyor.labels.hardcases.select_hard_cases` (uncertainty, disagreement with
 the latest challenger, new or rare classes, diversity; ``labeling.budget`` and ``labeling.mix``)
 and written as the review queue: Label Studio tasks with the champion's predictions as
@@ -37,22 +40,23 @@ import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from conveyor.labels import hardcases
-from conveyor.labels import versions as labels
-from conveyor.labels import labelstudio
-from conveyor.data.ingest import annotation_digest, ingest, rows_digest, source_fingerprint
-from conveyor.core.spec import Spec, parse_duration_s
+from conveyor import kinds
 from conveyor.core.io import atomic_write_bytes, atomic_write_json, stable_hash, write_parquet_atomic
+from conveyor.core.spec import Spec, parse_duration_s
 from conveyor.core.workspace import Workspace
+from conveyor.data.curate import drop_private, near_duplicates_of
+from conveyor.data.ingest import annotation_digest, rows_digest
+from conveyor.labels import hardcases, labelstudio
+from conveyor.labels import versions as labels
+from conveyor.labels.pool import ingest_pool, production_log, production_manifest
 
 LABEL_SOURCES = ("human", "review", "feedback", "machine")  # most trusted first
 TRUSTED_SOURCES = ("human", "review", "feedback")  # may be evaluated on; machine labels train only
-POOL_PREFIX = {"unlabeled": "unlabeled/", "production": "production/"}
 REVIEW_SCHEMA = {"content_hash": pl.String(), "id": pl.String(), "label": pl.String(), "boxes": pl.String(),
                  "mask_path": pl.String(), "mask_hash": pl.String(), "reviewer": pl.String(),
                  "import_id": pl.String(), "imported_at": pl.String()}
@@ -121,27 +125,6 @@ def reviewed_labels(ws: Workspace, name: str) -> pl.DataFrame:
     return df.sort("_order").unique("content_hash", keep="last", maintain_order=True).drop("_order")
 
 
-def _boxes_struct(values: list[str | None]) -> pl.Series:
-    from conveyor.kinds.detection.sources import BOX_STRUCT
-
-    return pl.Series("boxes", [json.loads(v) if v is not None else None for v in values], dtype=pl.List(BOX_STRUCT))
-
-
-def _mask_columns(paths: list[str | None], hashes: list[str | None], classes: Sequence[str]) -> list[pl.Series]:
-    present = []
-    from PIL import Image
-
-    for p in paths:
-        if p is None:
-            present.append(None)
-            continue
-        with Image.open(p) as im:
-            vals = np.unique(np.asarray(im))
-        present.append([classes[int(v)] for v in vals if int(v) < len(classes)])
-    return [pl.Series("mask_path", paths, dtype=pl.String), pl.Series("mask_hash", hashes, dtype=pl.String),
-            pl.Series("mask_classes", present, dtype=pl.List(pl.String))]
-
-
 def write_mask(ws: Workspace, name: str, mask: np.ndarray) -> tuple[str, str]:
     """A label mask as a PNG under ``labels/<name>/masks/`` (content-addressed): (path, sha256)."""
     from PIL import Image
@@ -156,72 +139,12 @@ def write_mask(ws: Workspace, name: str, mask: np.ndarray) -> tuple[str, str]:
     return str(path), digest
 
 
-# ---- the pool --------------------------------------------------------------------------------------
-def _pool_spec(spec: Spec, source: Path) -> Spec:
-    data = spec.data.model_copy(update={"source": str(source), "format": "auto", "annotations": None})
-    return spec.model_copy(update={"data": data})
-
-
-def _ingest_pool(spec: Spec, ws: Workspace, source: Path, kind: str) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Ingest a pool source, or reuse its version when the files' bytes are unchanged (the content
-    fingerprint reads the bytes but decodes nothing)."""
-    out = ws.root / "pool" / spec.name / kind
-    pspec = _pool_spec(spec, source)
-    key = stable_hash([source_fingerprint(pspec, unlabeled=True), pspec.section_hash("data", "curation")])
-    index_path = out / "fingerprints.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    version = index.get(key)
-    if version is None or not (out / version / "ingest.json").is_file():
-        version = ingest(pspec, out, unlabeled=True).dataset_version
-        index = {**{k: v for k, v in list(index.items())[-49:]}, key: version}  # the latest 50 sources
-        atomic_write_json(index_path, index)
-    summary = json.loads((out / version / "ingest.json").read_text())
-    df = pl.read_parquet(out / version / "manifest.parquet")
-    df = df.with_columns((pl.lit(POOL_PREFIX[kind]) + pl.col("id")).alias("id"), pl.lit(None, pl.String).alias("label"))
-    info = {"source": str(source), **{k: summary[k] for k in ("received", "accepted", "quarantined",
-                                                               "quarantine_reasons", "dataset_version")},
-            "quarantine_path": str(out / version / "quarantine.parquet")}
-    return df, info
-
-
-def production_log(ws: Workspace, name: str) -> pl.DataFrame:
-    """The answered rows of the prediction log (``capture``: the kept image, or null)."""
-    from conveyor.release import live
-    from conveyor.monitoring.feedback import answering_predictions
-
-    log = answering_predictions(live.read_log(ws, name))
-    if "capture" not in log.columns:  # tables added with `conveyor observe`
-        log = log.with_columns(pl.lit(None, pl.String).alias("capture"))
-    return log
-
-
-def _production_manifest(ws: Workspace, name: str, log: pl.DataFrame) -> Path | None:
-    """A manifest of the kept images (one row per image, the first request that sent it) inside the
-    captures folder, so ingest reads them like any manifest source."""
-    from conveyor.serving.runtime import captures_dir
-
-    log = log.filter(pl.col("capture").is_not_null())
-    if log.height == 0:
-        return None
-    rows = (log.sort("timestamp").unique("capture", keep="first", maintain_order=True)
-            .select(pl.col("capture").alias("path"), "camera", pl.col("timestamp").alias("captured_at")))
-    root = captures_dir(ws, name)
-    path = root / "pool.parquet"
-    if path.is_file():
-        try:
-            if pl.read_parquet(path).equals(rows):
-                return path
-        except Exception:  # noqa: BLE001 - rewritten below
-            pass
-    write_parquet_atomic(rows, path)
-    return path
-
-
 # ---- scoring -------------------------------------------------------------------------------------
 def _load(ref: ModelRef | None, threads: int = 1):
+    """The registry version's ONNX scorer, None without a version or when it cannot be loaded."""
     if ref is None:
         return None
-    from conveyor.serving.runtime import LoadedModel, ModelLoadError
+    from conveyor.serving.model import LoadedModel, ModelLoadError
 
     try:
         return LoadedModel(ref.version, ref.path, threads)
@@ -229,45 +152,16 @@ def _load(ref: ModelRef | None, threads: int = 1):
         return None
 
 
-def _decode(path: str, max_pixels: int):
-    """One image decoded as serving and training decode it (no statistics: ingest has them)."""
-    from conveyor.data.imageio import open_image
-    from conveyor.serving.runtime import DecodedRequest
-
-    opened = open_image(Path(path).read_bytes(), max_pixels=max_pixels, name=path)
-    return DecodedRequest(opened.image, {}, opened.format)
-
-
-def _run_model(model, path: str, max_pixels: int) -> tuple[dict[str, np.ndarray], int, int]:
-    """The model's raw outputs for one image."""
-    req = _decode(path, max_pixels)
-    outs = model.session.run(None, {model.input_name: req.input(model.image_size)})
-    return dict(zip(model.output_names, outs)), req.width, req.height
-
-
-SCORE_BATCH = 64
-
-
-def _batched_outputs(model, paths: list[str], max_pixels: int):
-    """``(index, outputs, width, height)`` per image, ``outputs`` None when the file cannot be read
-    any more. Graphs with a batch axis (classification, segmentation) run ``SCORE_BATCH`` images
-    per call; detection graphs take one image per call."""
-    batch_axis = not isinstance(model.session.get_inputs()[0].shape[0], int) and model.task != "detection"
-    step = SCORE_BATCH if batch_axis else 1
-    for start in range(0, len(paths), step):
-        chunk = []
-        for i in range(start, min(start + step, len(paths))):
-            try:
-                chunk.append((i, _decode(paths[i], max_pixels)))
-            except Exception:  # noqa: BLE001 - the file changed since ingest: left unscored
-                yield i, None, 0, 0
-        if not chunk:
-            continue
-        x = np.concatenate([r.input(model.image_size) for _, r in chunk])
-        outs = dict(zip(model.output_names, model.session.run(None, {model.input_name: x})))
-        for j, (i, r) in enumerate(chunk):
-            one = outs if step == 1 else {k: v[j : j + 1] for k, v in outs.items()}
-            yield i, one, r.width, r.height
+def _machine_labels(model, paths: list[str], threshold: float, spec: Spec) -> list[Any]:
+    """The kind's machine label of each image at ``threshold`` (None: not sure enough, or the file
+    cannot be read any more), from the model's raw outputs."""
+    out: list[Any] = [None] * len(paths)
+    for r in model.run_files(paths, spec.data.max_pixels):
+        if r.outputs is not None:
+            out[r.index] = model.kind.machine_label(r.outputs, model.classes, threshold, size=model.image_size,
+                                                    width=r.width, height=r.height,
+                                                    ignore_index=spec.data.ignore_index)
+    return out
 
 
 def model_refs(registry_root: str | Path, name: str) -> tuple[ModelRef | None, ModelRef | None]:
@@ -294,6 +188,7 @@ def label_stage(spec: Spec, ws: Workspace, manifest_path: str | Path, dataset_ve
     now = now or datetime.now(timezone.utc)
     lab = spec.labeling
     name = spec.name
+    kind = kinds.get(spec.task)
     manifest = pl.read_parquet(manifest_path)
     if "label_source" not in manifest.columns:
         manifest = manifest.with_columns(pl.lit("human").alias("label_source"))
@@ -305,7 +200,7 @@ def label_stage(spec: Spec, ws: Workspace, manifest_path: str | Path, dataset_ve
     if lab.unlabeled:
         src = spec.resolve_path(lab.unlabeled)
         if src.exists():
-            df, pool_info["unlabeled"] = _ingest_pool(spec, ws, src, "unlabeled")
+            df, pool_info["unlabeled"] = ingest_pool(spec, ws, src, "unlabeled")
             pools.append(df)
         else:  # nothing has arrived yet: an empty pool, said so in the summary
             pool_info["unlabeled"] = {"source": str(src), "status": "missing", "received": 0, "accepted": 0,
@@ -313,9 +208,9 @@ def label_stage(spec: Spec, ws: Workspace, manifest_path: str | Path, dataset_ve
     log = production_log(ws, name) if lab.production or lab.feedback.enabled else pl.DataFrame()
     capture_hash: dict[str, str] = {}
     if lab.production and log.height:
-        mpath = _production_manifest(ws, name, log)
+        mpath = production_manifest(ws, name, log)
         if mpath is not None:
-            df, pool_info["production"] = _ingest_pool(spec, ws, mpath, "production")
+            df, pool_info["production"] = ingest_pool(spec, ws, mpath, "production")
             capture_hash = dict(zip(df["rel_path"].to_list(), df["content_hash"].to_list()))
             pools.append(df)
     pool = (pl.concat(pools, how="diagonal_relaxed").unique("content_hash", keep="first", maintain_order=True)
@@ -323,19 +218,14 @@ def label_stage(spec: Spec, ws: Workspace, manifest_path: str | Path, dataset_ve
     in_source = pool.filter(pl.col("content_hash").is_in(list(known_hashes)))
     pool = pool.filter(~pl.col("content_hash").is_in(list(known_hashes)))
     pool_info["already_labeled"] = in_source.height
-    pv = spec.curation.privacy  # nobody reviews, and nothing trains on, an excluded camera or scene
-    private = pl.col("camera").is_in(pv.exclude_cameras).fill_null(False) | pl.col("scene").is_in(
-        pv.exclude_scenes).fill_null(False)
-    if pv.drop_missing_camera:
-        private = private | pl.col("camera").is_null()
-    pool_info["privacy_excluded"] = int(pool.select(private.sum()).item()) if pool.height else 0
-    pool = pool.filter(~private) if pool.height else pool
+    # nobody reviews, and nothing trains on, an excluded camera or scene
+    pool, pool_info["privacy_excluded"] = drop_private(pool, spec)
 
     # 2. reviewed labels (they also correct labels of the source)
     reviewed = reviewed_labels(ws, name)
     rev_by_hash = {r["content_hash"]: r for r in reviewed.iter_rows(named=True)}
-    manifest = _apply_reviews(spec, manifest, rev_by_hash, classes)
-    pool_reviewed = _apply_reviews(spec, pool.filter(pl.col("content_hash").is_in(list(rev_by_hash))), rev_by_hash,
+    manifest = _apply_reviews(kind, manifest, rev_by_hash, classes)
+    pool_reviewed = _apply_reviews(kind, pool.filter(pl.col("content_hash").is_in(list(rev_by_hash))), rev_by_hash,
                                    classes)
     pool = pool.filter(~pl.col("content_hash").is_in(list(rev_by_hash)))
 
@@ -348,15 +238,7 @@ def label_stage(spec: Spec, ws: Workspace, manifest_path: str | Path, dataset_ve
     # 4. near-duplicates of labelled images are neither auto-labelled nor reviewed
     nd = spec.curation.near_duplicates
     if nd.enabled and pool.height and labeled.height:
-        from conveyor.data.neardup import near_duplicate_pairs
-
-        ph = pool["phash"].fill_null("").to_list()
-        lph = labeled["phash"].fill_null("").to_list()
-        idx = [i for i, h in enumerate(ph) if h]
-        lidx = [h for h in lph if h]
-        near = set()
-        if idx and lidx and len({len(ph[i]) for i in idx} | {len(h) for h in lidx}) == 1:
-            near = {idx[a] for a, _, _ in near_duplicate_pairs([ph[i] for i in idx], nd.max_distance, lidx)}
+        near = near_duplicates_of(pool, labeled, nd.max_distance)
         pool_info["near_duplicate_of_labeled"] = len(near)
         if near:
             keep = [i not in near for i in range(pool.height)]
@@ -378,7 +260,7 @@ def label_stage(spec: Spec, ws: Workspace, manifest_path: str | Path, dataset_ve
         quota = min(lab.budget - first.height, math.ceil(lab.budget * lab.mix.label_errors))  # a share > 0 is >= 1
         errors = suspects.head(max(0, quota)).with_columns(pl.lit("label_error").alias("reason"),
                                                            pl.col("confidence").alias("score"))
-        counts = _class_counts(labeled, spec.task)
+        counts = kind.class_counts(labeled)
         rare = hardcases.rare_classes(counts, classes, lab.rare_share)
         mix = lab.mix.model_dump(exclude={"label_errors"})
         if sum(mix.values()) <= 0:  # label errors only: what they leave goes to uncertainty
@@ -418,8 +300,8 @@ def _suspects(spec: Spec, ws: Workspace, manifest: pl.DataFrame, champion: Model
     ``labeling.suspect_confidence``, surest first, with ``current_label`` and the champion's
     ``predicted`` / ``confidence``. Labels a person reviewed are not second-guessed."""
     lab = spec.labeling
-    model = _load(champion, spec.train.num_threads) if spec.task == "classification" and lab.mix.label_errors > 0 \
-        else None
+    model = _load(champion, spec.train.num_threads) if kinds.get(spec.task).finds_label_errors \
+        and lab.mix.label_errors > 0 else None
     rows = manifest.filter(pl.col("label_source") == "human") if model is not None else manifest.clear()
     if rows.height == 0:
         return rows.with_columns(pl.lit(None, pl.String).alias("current_label"),
@@ -431,18 +313,7 @@ def _suspects(spec: Spec, ws: Workspace, manifest: pl.DataFrame, champion: Model
                                                                          descending=[True, False])
 
 
-def _class_counts(df: pl.DataFrame, task: str) -> dict[str, int]:
-    if "boxes" in df.columns:
-        cls = df.select(pl.col("boxes")).explode("boxes").drop_nulls("boxes").select(
-            pl.col("boxes").struct.field("category").alias("c"))["c"]
-    elif "mask_classes" in df.columns:
-        cls = df.select(pl.col("mask_classes").alias("c")).explode("c").drop_nulls("c")["c"]
-    else:
-        cls = df["label"].drop_nulls()
-    return {str(k): int(v) for k, v in cls.value_counts().iter_rows()}
-
-
-def _apply_reviews(spec: Spec, df: pl.DataFrame, rev: dict[str, dict], classes: list[str]) -> pl.DataFrame:
+def _apply_reviews(kind: kinds.TaskKind, df: pl.DataFrame, rev: dict[str, dict], classes: list[str]) -> pl.DataFrame:
     """Rows whose image was reviewed take the reviewed label (source ``review``)."""
     if not rev or df.height == 0:
         return df
@@ -451,13 +322,7 @@ def _apply_reviews(spec: Spec, df: pl.DataFrame, rev: dict[str, dict], classes: 
         return df
     keep, changed = df.filter(~hit), df.filter(hit)
     r = [rev[h] for h in changed["content_hash"].to_list()]
-    cols = [pl.Series("label_source", ["review"] * len(r), dtype=pl.String)]
-    if spec.task == "classification":
-        cols.append(pl.Series("label", [x["label"] for x in r], dtype=pl.String))
-    elif spec.task == "detection":
-        cols.append(_boxes_struct([x["boxes"] for x in r]))
-    else:
-        cols.extend(_mask_columns([x["mask_path"] for x in r], [x["mask_hash"] for x in r], classes))
+    cols = [pl.Series("label_source", ["review"] * len(r), dtype=pl.String), *kind.review_columns(r, classes)]
     changed = changed.with_columns(cols)
     return pl.concat([keep, changed], how="diagonal_relaxed")
 
@@ -522,7 +387,7 @@ def _feedback(spec: Spec, ws: Workspace, log: pl.DataFrame, pool: pl.DataFrame, 
     rows = rows.with_columns(pl.Series("content_hash", hashes, dtype=pl.String))
     info["without_image"] = int(rows["content_hash"].is_null().sum())
     rows = rows.filter(pl.col("content_hash").is_not_null() & pl.col("content_hash").is_in(pool["content_hash"].to_list()))
-    if spec.task != "classification":  # a row is one object: send the images of wrong answers to review
+    if not kinds.get(spec.task).feedback_trains:  # a row is one object: send the images of wrong answers to review
         errors = set(rows.filter(pl.col("label") != pl.col("predicted"))["content_hash"].to_list())
         info.update(for_review=len(errors), selected=0)
         return empty, info, errors
@@ -540,36 +405,31 @@ def _feedback(spec: Spec, ws: Workspace, log: pl.DataFrame, pool: pl.DataFrame, 
 
 SCORE_SCHEMA = {"content_hash": pl.String(), "predicted": pl.String(), "pred_classes": pl.List(pl.String()),
                 "confidence": pl.Float64(), "least_confidence": pl.Float64(), "margin": pl.Float64(),
-                "entropy": pl.Float64(), "boxes": pl.String()}
+                "entropy": pl.Float64()}
 
 
 def _scores(spec: Spec, ws: Workspace, pool: pl.DataFrame, ref: ModelRef, model, progress: bool) -> pl.DataFrame:
     """One model's scores of the pool images (``SCORE_SCHEMA``), kept per model hash under
-    ``pool/<name>/scores/`` so that each image is run once per model; ``boxes``: detection's
-    machine boxes (JSON). An image that cannot be read any more is left out."""
+    ``pool/<name>/scores/`` so that each image is run once per model. An image that cannot be read
+    any more is left out."""
     path = ws.root / "pool" / spec.name / "scores" / f"{ref.model_hash}.parquet"
-    cached = pl.read_parquet(path) if path.is_file() else pl.DataFrame(schema=SCORE_SCHEMA)
+    cached = (pl.read_parquet(path).select(list(SCORE_SCHEMA)) if path.is_file()
+              else pl.DataFrame(schema=SCORE_SCHEMA))
     todo = pool.filter(~pl.col("content_hash").is_in(cached["content_hash"].to_list()))
     rows: list[dict[str, Any]] = []
     hashes = todo["content_hash"].to_list()
-    it = _batched_outputs(model, todo["path"].to_list(), spec.data.max_pixels)
+    it = model.run_files(todo["path"].to_list(), spec.data.max_pixels)
     if progress and hashes:
         from tqdm.auto import tqdm
 
         it = tqdm(it, total=len(hashes), desc=f"score pool (v{ref.version})", unit="img")
-    for i, outs, w, hh in it:
-        if outs is None:
+    for r in it:
+        if r.outputs is None:
             continue
-        h = hashes[i]
-        sc = hardcases.score_outputs(model.task, outs, model.classes)
-        boxes = None
-        if model.task == "detection":
-            boxes = json.dumps(hardcases.machine_boxes(
-                np.asarray(outs["boxes"]).reshape(-1, 4), np.asarray(outs["scores"]).reshape(-1),
-                np.asarray(outs["labels"]).reshape(-1), model.classes, model.image_size, w, hh))
-        rows.append({"content_hash": h, "predicted": sc.predicted, "pred_classes": list(sc.classes),
+        sc = model.kind.score(r.outputs, model.classes)
+        rows.append({"content_hash": hashes[r.index], "predicted": sc.predicted, "pred_classes": list(sc.classes),
                      "confidence": sc.confidence, "least_confidence": sc.least_confidence, "margin": sc.margin,
-                     "entropy": sc.entropy, "boxes": boxes})
+                     "entropy": sc.entropy})
     if rows:
         cached = pl.concat([cached, pl.DataFrame(rows, schema=SCORE_SCHEMA)])
         write_parquet_atomic(cached, path)
@@ -585,8 +445,7 @@ def _score_pool(spec: Spec, ws: Workspace, pool: pl.DataFrame, champion: ModelRe
     if model is None:
         return pool.clear(), pool
     scores = _scores(spec, ws, pool, champion, model, progress)
-    # detection: the champion's boxes (JSON) stay with the scores as the queue's pre-annotation
-    scored = pool.join(scores.rename({"boxes": "predicted_boxes"}), on="content_hash", how="left")
+    scored = pool.join(scores, on="content_hash", how="left")
     other = _load(challenger, spec.train.num_threads)
     if other is not None:
         theirs = _scores(spec, ws, pool, challenger, other, progress).select(
@@ -601,17 +460,14 @@ def _score_pool(spec: Spec, ws: Workspace, pool: pl.DataFrame, champion: ModelRe
     if machine.height == 0:
         return pool.clear(), scored
     machine = machine.sort("id").with_columns(pl.lit("machine").alias("label_source"))
-    if spec.task == "classification":
-        machine = machine.with_columns(pl.col("predicted").alias("label"))
-    elif spec.task == "detection":
-        machine = machine.with_columns(_boxes_struct(machine["boxes"].to_list()))  # the scores' JSON boxes
-    else:  # the mask depends on the threshold (pixels below it are ignored): made from the outputs
-        written = []
-        for p in machine["path"].to_list():
-            outs, w, h = _run_model(model, p, spec.data.max_pixels)
-            written.append(write_mask(ws, spec.name, hardcases.machine_mask(outs["logits"], threshold,
-                                                                             spec.data.ignore_index, w, h)))
-        machine = machine.with_columns(_mask_columns([p for p, _ in written], [h for _, h in written], classes))
+    # the kind's label at the threshold, from the champion's outputs (a mask ignores the pixels below it)
+    values = _machine_labels(model, machine["path"].to_list(), threshold, spec)
+    labelled = [v is not None for v in values]
+    if not all(labelled):
+        machine = machine.filter(pl.Series(labelled))
+    records = [model.kind.review_record(v, lambda m: write_mask(ws, spec.name, m)) for v in values if v is not None]
+    if machine.height:
+        machine = machine.with_columns(model.kind.review_columns(records, classes))
     return machine, scored  # the score columns are dropped with the others the manifest lacks (_conform)
 
 
@@ -657,22 +513,19 @@ def _image_ref(spec: Spec, path: str) -> str:
 def _write_queue(spec: Spec, ws: Workspace, chosen: pl.DataFrame, classes: list[str], champion: ModelRef | None,
                  now: datetime) -> dict[str, Any]:
     """The queue as Label Studio tasks (predictions as pre-annotations), its config and a CSV.
-    Detection's boxes come with the scores; a segmentation mask is made from the champion's outputs."""
-    model = _load(champion) if spec.task == "segmentation" else None
+    The pre-annotation is the kind's machine label (at threshold 0) from the champion's outputs."""
+    kind = kinds.get(spec.task)
+    rows = list(chosen.sort("priority").iter_rows(named=True))
+    model = _load(champion)
+    pre = _machine_labels(model, [r["path"] for r in rows], 0.0, spec) if model is not None else [None] * len(rows)
     items = []
-    for r in chosen.sort("priority").iter_rows(named=True):
+    for r, value in zip(rows, pre):
         item = {"id": r["id"], "content_hash": r["content_hash"], "image": _image_ref(spec, r["path"]),
                 "width": r["width"], "height": r["height"], "camera": r.get("camera"), "reason": r.get("reason"),
                 "score": r.get("score"), "confidence": r.get("confidence"), "predicted": r.get("predicted"),
                 "current_label": r.get("current_label")}
-        if r.get("predicted_boxes") is not None:
-            item["boxes"] = json.loads(r["predicted_boxes"])
-        if model is not None:
-            try:
-                outs, w, h = _run_model(model, r["path"], spec.data.max_pixels)
-                item["mask"] = hardcases.machine_mask(outs["logits"], 0.0, spec.data.ignore_index, w, h)
-            except Exception:  # noqa: BLE001 - the file changed since ingest: no pre-annotation for this one
-                pass
+        if value is not None:  # None: the file changed since ingest, no pre-annotation for this one
+            item[kind.label_field] = value
         items.append(item)
     queue_id = stable_hash([(i["content_hash"], i["reason"]) for i in items] + [champion.version if champion else None])
     qdir = review_dir(ws, spec.name) / "queue" / queue_id
@@ -731,14 +584,12 @@ def import_review(spec: Spec, ws: Workspace, file: str | Path) -> ImportResult:
     done = {e["import_id"] for e in labels.read_log(index_path)}
     already = import_id in done
     now = datetime.now(timezone.utc).isoformat()
+    kind = kinds.get(spec.task)
     rows = []
     for a in checked.accepted:
-        mask_path = mask_hash = None
-        if a.mask is not None:
-            mask_path, mask_hash = write_mask(ws, name, a.mask)
-        rows.append({"content_hash": a.content_hash, "id": a.id, "label": a.label,
-                     "boxes": json.dumps(a.boxes) if a.boxes is not None else None, "mask_path": mask_path,
-                     "mask_hash": mask_hash, "reviewer": None if a.reviewer is None else str(a.reviewer),
+        stored = kind.review_record(a.value, lambda m: write_mask(ws, name, m))
+        rows.append({"content_hash": a.content_hash, "id": a.id, **stored,
+                     "reviewer": None if a.reviewer is None else str(a.reviewer),
                      "import_id": import_id, "imported_at": now})
     table = pl.DataFrame(rows, schema=REVIEW_SCHEMA)
     parent = labels.history(ws, name)[-1]["version"] if labels.history(ws, name) else None

@@ -7,14 +7,14 @@ Versions are Parquet files under ``<workspace>/labels/<pipeline>/<version>.parqu
 once; ``index.jsonl`` beside them records when each first appeared and its parent (the version
 before it). Each model's lineage names the label version it was trained on.
 
-For classification the label is the class; for detection it is a digest of the image's boxes,
-for segmentation the mask's content hash, so an edited box or mask is a label change too.
+The label stored is the task kind's ``label_digest``: for classification the class, for detection
+a digest of the image's boxes, for segmentation the mask's content hash, so an edited box or mask
+is a label change too.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,9 +22,11 @@ from typing import Any
 
 import polars as pl
 
+from conveyor import kinds
 from conveyor.core.events import append_log, read_log
 from conveyor.core.io import write_parquet_atomic
 from conveyor.core.workspace import Workspace
+from conveyor.kinds.base import TaskKind
 
 LABEL_SCHEMA = {"content_hash": pl.String(), "id": pl.String(), "label": pl.String(), "source": pl.String()}
 INDEX = "index.jsonl"
@@ -50,24 +52,25 @@ def labels_dir(ws: Workspace, name: str, *sub: str) -> Path:
     return ws.subdir("labels", name, *sub)
 
 
-def label_table(manifest: pl.DataFrame) -> pl.DataFrame:
-    """One row per distinct image content: its label (or annotation digest) and where it came from."""
-    if "boxes" in manifest.columns:
-        label = pl.col("boxes").map_elements(_boxes_digest, return_dtype=pl.String, skip_nulls=False)
-    elif "mask_hash" in manifest.columns:
-        label = pl.col("mask_hash").cast(pl.String)
-    else:
-        label = pl.col("label").cast(pl.String)
+def manifest_kind(manifest: pl.DataFrame) -> TaskKind:
+    """The task kind whose label columns (``TaskKind.label_columns``) the manifest has; a kind that
+    reads more than the plain ``label`` column wins over one that reads only it."""
+    found = [k for k in (kinds.get(n) for n in kinds.available()) if set(k.label_columns) <= set(manifest.columns)]
+    if not found:
+        raise LabelError(f"the manifest has no label columns of any task kind (columns {manifest.columns})")
+    return min(found, key=lambda k: (tuple(k.label_columns) == ("label",), k.name))
+
+
+def label_table(manifest: pl.DataFrame, task: str | None = None) -> pl.DataFrame:
+    """One row per distinct image content: its label (the kind's ``label_digest``: the class, or a
+    digest of the annotations) and where it came from. Without ``task`` the manifest's columns name
+    the kind (:func:`manifest_kind`)."""
+    kind = kinds.get(task) if task is not None else manifest_kind(manifest)
+    label = pl.Series("label", kind.label_digest(manifest), dtype=pl.String)
     source = pl.col("label_source") if "label_source" in manifest.columns else pl.lit("human")
-    df = manifest.select(pl.col("content_hash"), pl.col("id").cast(pl.String), label.alias("label"),
+    df = manifest.select(pl.col("content_hash"), pl.col("id").cast(pl.String), pl.lit(label).alias("label"),
                          source.cast(pl.String).alias("source"))
     return df.sort("content_hash", "id").unique("content_hash", keep="first", maintain_order=True)
-
-
-def _boxes_digest(boxes: Any) -> str:
-    items = boxes.to_list() if hasattr(boxes, "to_list") else (boxes or [])
-    rows = sorted((b["category"], *(round(float(b[k]), 3) for k in ("x1", "y1", "x2", "y2"))) for b in items)
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
 def _version_id(table: pl.DataFrame) -> str:
@@ -82,9 +85,9 @@ def history(ws: Workspace, name: str) -> list[dict[str, Any]]:
     return read_log(labels_dir(ws, name) / INDEX)
 
 
-def publish(ws: Workspace, name: str, manifest: pl.DataFrame) -> LabelVersion:
+def publish(ws: Workspace, name: str, manifest: pl.DataFrame, task: str | None = None) -> LabelVersion:
     """The label version of a manifest; written (with an index entry) the first time it appears."""
-    return publish_table(ws, name, label_table(manifest))
+    return publish_table(ws, name, label_table(manifest, task))
 
 
 def publish_table(ws: Workspace, name: str, table: pl.DataFrame) -> LabelVersion:
@@ -117,16 +120,11 @@ class ReviewCounts:
 def apply_reviews(ws: Workspace, name: str, reviewed: pl.DataFrame, task: str) -> tuple[LabelVersion, ReviewCounts]:
     """The latest label version with reviewed labels applied (source ``review``), published as a new
     version; returns it with what changed, counted by image. ``reviewed`` has the columns
-    content_hash, id and label (classification), boxes (detection, JSON) or mask_hash (segmentation)."""
+    content_hash, id and the stored label columns of the task kind (``TaskKind.review_record``)."""
     past = history(ws, name)
     base = (pl.read_parquet(labels_dir(ws, name) / f"{past[-1]['version']}.parquet") if past
             else pl.DataFrame(schema=LABEL_SCHEMA))
-    if task == "detection":
-        label = [_boxes_digest(json.loads(b) if b is not None else []) for b in reviewed["boxes"].to_list()]
-    elif task == "segmentation":
-        label = reviewed["mask_hash"].to_list()
-    else:
-        label = reviewed["label"].to_list()
+    label = kinds.get(task).label_digest(reviewed)
     new = pl.DataFrame({"content_hash": reviewed["content_hash"], "id": reviewed["id"],
                         "label": pl.Series(label, dtype=pl.String), "source": ["review"] * reviewed.height},
                        schema=LABEL_SCHEMA)

@@ -30,8 +30,8 @@ import polars as pl
 from conveyor.data.records import IngestError
 from conveyor.data.sources import column_values, parse_timestamp, read_table, text_or_none
 from conveyor.core.spec import PerformanceTrigger, parse_duration_s
+from conveyor.serving.prediction import BACKGROUND  # noqa: F401 - what non-class predictions name
 
-BACKGROUND = "background"
 PREDICTION_NUMERIC = ("confidence", "predicted_objects", "predicted_object_size", "predicted_foreground")
 FEEDBACK_QUARANTINE_SCHEMA = {"source": pl.String(), "row": pl.Int64(), "field": pl.String(), "reason": pl.String(),
                               "detail": pl.String()}
@@ -102,12 +102,12 @@ def _number(v: Any) -> float | None:
 
 
 def _allowed_classes(classes: Sequence[str] | None, task: str) -> set[str] | None:
+    """The names a prediction or feedback label of the task kind may carry (None: any)."""
+    from conveyor import kinds
+
     if classes is None:
         return None
-    allowed = set(classes)
-    if task != "classification":
-        allowed.add(BACKGROUND)
-    return allowed
+    return kinds.get(task).prediction_classes(classes)
 
 
 def check_predictions(path: str | Path, classes: Sequence[str] | None, task: str, observed_at: datetime) -> Checked:
@@ -116,7 +116,10 @@ def check_predictions(path: str | Path, classes: Sequence[str] | None, task: str
     df = read_table(path, "prediction table")
     if "confidence" not in df.columns:
         raise FeedbackError(f"prediction table {path} lacks the required column 'confidence'; found {df.columns}")
-    if task == "classification" and "predicted" not in df.columns:
+    from conveyor import kinds
+
+    required = kinds.get(task).prediction_required
+    if required and "predicted" not in df.columns:
         raise FeedbackError(f"prediction table {path} lacks the required column 'predicted' (the predicted class)")
     allowed = _allowed_classes(classes, task)
     cols = {c: column_values(df, c) for c in ("prediction_id", "timestamp", "camera", "predicted", *PREDICTION_NUMERIC)}
@@ -131,7 +134,7 @@ def check_predictions(path: str | Path, classes: Sequence[str] | None, task: str
         except ValueError as err:
             raise _Bad("timestamp", "bad_timestamp", f"timestamp {cols['timestamp'][i]!r}: {err}") from None
         predicted = text_or_none(cols["predicted"][i])
-        if task == "classification" and predicted is None:
+        if required and predicted is None:
             raise _Bad("predicted", "missing_prediction", "no predicted class")
         if predicted is not None and allowed is not None and predicted not in allowed:
             raise _Bad("predicted", "unknown_class", f"predicted {predicted!r} is not one of {sorted(allowed)}")

@@ -25,7 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conveyor.serving.runtime import REQUEST_ID_HEADER, InferenceService, RequestError, ServiceConfig, extract_upload
+from conveyor.serving.preprocess import REQUEST_ID_HEADER, RequestError, extract_upload
+from conveyor.serving.service import InferenceService, ServiceConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI

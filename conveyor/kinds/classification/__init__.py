@@ -12,3 +12,16 @@ class ClassificationKind(TaskKind):
     name = "classification"
     primary_metric = "f1"
     training_module = "conveyor.kinds.classification.model"
+
+    # labels and review
+    labelstudio_module = "conveyor.kinds.classification.labelstudio"
+    label_field = "label"
+    label_columns = ("label",)
+    csv_columns = ()
+    feedback_trains = True
+    finds_label_errors = True
+    prediction_required = True
+    # scoring and serving
+    serving_module = "conveyor.kinds.classification.serving"
+    onnx_outputs = ("logits",)
+    batchable = True

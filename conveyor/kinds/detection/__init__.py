@@ -67,3 +67,16 @@ class DetectionKind(TaskKind):
                     * (pl.element().struct.field("y2") - pl.element().struct.field("y1"))).sqrt()
         return [pl.col("boxes").list.len().cast(pl.Float64).alias("objects"),
                 (pl.col("boxes").list.eval(box_side).list.mean() / area.sqrt()).alias("object_size")]
+
+    # labels and review
+    labelstudio_module = "conveyor.kinds.detection.labelstudio"
+    label_field = "boxes"
+    label_columns = ("boxes",)
+    csv_columns = ("boxes",)
+    feedback_trains = False
+    finds_label_errors = False
+    prediction_required = False
+    # scoring and serving
+    serving_module = "conveyor.kinds.detection.serving"
+    onnx_outputs = ("boxes", "scores", "labels")
+    batchable = False

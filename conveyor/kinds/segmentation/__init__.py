@@ -62,3 +62,15 @@ class SegmentationKind(TaskKind):
         from conveyor.kinds.segmentation import contracts
 
         return contracts.contract_frames(manifest, split)
+    # labels and review
+    labelstudio_module = "conveyor.kinds.segmentation.labelstudio"
+    label_field = "mask"
+    label_columns = ("mask_hash",)
+    csv_columns = ("mask",)
+    feedback_trains = False
+    finds_label_errors = False
+    prediction_required = False
+    # scoring and serving
+    serving_module = "conveyor.kinds.segmentation.serving"
+    onnx_outputs = ("logits",)
+    batchable = True
