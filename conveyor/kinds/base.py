@@ -35,7 +35,10 @@ import importlib
 from dataclasses import dataclass
 from functools import cached_property
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from conveyor.reporting.rundata import RunData
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,8 @@ class ReportSection:
     """One section of the gate report that a task kind contributes.
 
     The notebook shows ``title`` as a heading, then ``markdown`` (if any), ``table`` (a pandas
-    DataFrame, if any) and ``figure`` (a matplotlib Figure, if any), in that order.
+    DataFrame, if any) and ``figure`` (a matplotlib Figure, if any), in that order. An empty ``title``
+    continues the section before it (no heading).
     """
 
     title: str
@@ -69,3 +73,13 @@ class TaskKind:
 
     def __repr__(self) -> str:
         return f"<task kind {self.name}>"
+
+    # ---- Reports ------------------------------------------------------------------------------------
+    def report_sections(self, run: "RunData") -> list[ReportSection]:
+        """The kind's sections of the gate report (its quality figures and examples), drawn from ``run``
+        (:class:`conveyor.reporting.rundata.RunData`). A kind without its own sections says so."""
+        return [ReportSection("Model quality", markdown=f"No figures for task kind {self.name!r}.")]
+
+    def class_count_unit(self) -> str:
+        """What one class occurrence in the split's per-class counts is (images; detection: boxes)."""
+        return "images"

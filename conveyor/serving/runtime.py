@@ -37,7 +37,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from email.message import Message
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -50,6 +50,7 @@ from conveyor.serving.log import PredictionLog, RequestQuarantine
 from conveyor.release.registry import Registry
 from conveyor.release.rollout import RolloutState, rollout_path
 from conveyor.core.io import atomic_write_json, onnx_session
+from conveyor.core.timeutil import utcnow as _now
 from conveyor.core.workspace import Workspace
 
 logger = logging.getLogger("conveyor.serving.runtime")
@@ -69,10 +70,6 @@ _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]*")
 def service_state_path(ws: Workspace, name: str) -> Path:
     """The service's own state, written on every poll for the rollout controller."""
     return ws.state(name) / "service.json"
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 # ---- requests ---------------------------------------------------------------------------------
