@@ -264,7 +264,7 @@ def test_approving_with_a_rollout_strategy_starts_the_rollout(tmp_path):
     spec, ws, reg = _setup(tmp_path, [True, True], champion=1, strategy="canary", traffic=0.2)
     request(reg, spec, 2, "run00002-aaaa-bbbb")
     res = approve(spec, ws, "run00002", by="alice")
-    ro = res.release["rollout"]
+    ro = res.release.rollout
     assert (ro["status"], ro["strategy"], ro["champion"], ro["challenger"]) == ("running", "canary", 1, 2)
     assert ro["watcher"]["mode"] == "monitor"
     assert reg.alias("toy") == 1 and reg.running_rollout("toy")["challenger"] == 2

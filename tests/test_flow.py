@@ -66,6 +66,12 @@ def test_cycle_registers_caches_and_reacts_to_content(prefect_harness, tmp_path)
     page = report.read_text()
     assert 'class="gate-table"' in page and 'alt="Reliability on' in page and "data:image/png;base64" in page
     assert json.loads((run_dir / "summary.json").read_text())["report"] == first["report"]
+    # one JSON form: summary.json is the typed record's, and the flow returns it without schema_version
+    from conveyor.core.summary import SCHEMA_VERSION, RunSummary
+
+    written = json.loads((run_dir / "summary.json").read_text())
+    assert RunSummary.load(run_dir / "summary.json").to_json() == written
+    assert written == {"schema_version": SCHEMA_VERSION, **first}
     assert Registry(ws / "registry").report("toy", 1) == first["report"]
 
     # unchanged data and spec: every stage is a cache hit and nothing new is registered

@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from conveyor.core.spec import Spec
     from conveyor.data.records import Collection
     from conveyor.labels.hardcases import Scored
+    from conveyor.reporting.rundata import RunData
     from conveyor.serving.prediction import Prediction
 
 
@@ -56,7 +57,8 @@ class ReportSection:
     """One section of the gate report that a task kind contributes.
 
     The notebook shows ``title`` as a heading, then ``markdown`` (if any), ``table`` (a pandas
-    DataFrame, if any) and ``figure`` (a matplotlib Figure, if any), in that order.
+    DataFrame, if any) and ``figure`` (a matplotlib Figure, if any), in that order. An empty ``title``
+    continues the section before it (no heading).
     """
 
     title: str
@@ -258,3 +260,12 @@ class TaskKind:
     def prediction_classes(self, classes: Sequence[str]) -> set[str]:
         """The names a logged prediction may carry."""
         return self.serving.prediction_classes(classes)
+    # ---- Reports ------------------------------------------------------------------------------------
+    def report_sections(self, run: "RunData") -> list[ReportSection]:
+        """The kind's sections of the gate report (its quality figures and examples), drawn from ``run``
+        (:class:`conveyor.reporting.rundata.RunData`). A kind without its own sections says so."""
+        return [ReportSection("Model quality", markdown=f"No figures for task kind {self.name!r}.")]
+
+    def class_count_unit(self) -> str:
+        """What one class occurrence in the split's per-class counts is (images; detection: boxes)."""
+        return "images"

@@ -27,6 +27,7 @@ from conveyor.monitoring import profiles
 from conveyor.core.cycles import CycleGuard
 from conveyor.core.spec import Spec, parse_duration_s
 from conveyor.core.io import atomic_write_json, write_parquet_atomic
+from conveyor.core.timeutil import as_utc, utcnow
 from conveyor.core.workspace import Workspace
 
 SEEN_IMAGES = "seen_images.parquet"
@@ -99,7 +100,7 @@ class Observed:
 def observe_predictions(spec: Spec, ws: Workspace, table: str | Path, *, at: datetime | None = None) -> Observed:
     """Check a table of production predictions, append the good rows to the prediction log,
     quarantine the bad ones with their reasons, and profile the good ones (one batch per day)."""
-    at = profiles.as_utc(at or profiles.now_utc())
+    at = as_utc(at or utcnow())
     checked = feedback.check_predictions(table, spec.data.classes, spec.task, at)
     mdir = monitoring_dir(ws, spec.name)
     stamp = f"{at.strftime('%Y%m%dT%H%M%S')}-{os.urandom(4).hex()}"
@@ -157,7 +158,7 @@ class MonitorReport:
 
 
 def evaluate_triggers(spec: Spec, ws: Workspace, now: datetime | None = None) -> MonitorReport:
-    now = profiles.as_utc(now or profiles.now_utc())
+    now = as_utc(now or utcnow())
     trig = spec.triggers
     champ, baselines = champion_baselines(ws, spec.name)
     rep = MonitorReport(spec.name, now.isoformat(), champ)

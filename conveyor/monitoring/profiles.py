@@ -39,6 +39,7 @@ import polars as pl
 from conveyor import kinds
 from conveyor.core.spec import IMAGE_FEATURES, PREDICTION_FEATURES
 from conveyor.core.io import atomic_write_json
+from conveyor.core.timeutil import as_utc, utcnow
 
 STREAMS = ("images", "predictions")
 UNKNOWN_CAMERA = "unknown"
@@ -56,14 +57,6 @@ def _why():
     import whylogs
 
     return whylogs
-
-
-def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def as_utc(t: datetime) -> datetime:
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
 # ---- tables -----------------------------------------------------------------------------------
@@ -197,7 +190,7 @@ class ProfileStore:
         """Profile a table (one profile per camera) and publish it as one batch; None when empty."""
         if table.height == 0:
             return None
-        at = as_utc(at or now_utc())
+        at = as_utc(at or utcnow())
         batch_id = batch_id or f"{at.strftime('%H%M%S')}-{uuid.uuid4().hex[:10]}"
         day = self._stream_dir(stream) / at.strftime("%Y-%m-%d")
         day.mkdir(parents=True, exist_ok=True)

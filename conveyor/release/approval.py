@@ -19,9 +19,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from conveyor.core import events
+from conveyor.release import policy
 from conveyor.release.gate import DECISION_WORDS, GateDecision
+from conveyor.release.policy import ReleaseResult
 from conveyor.release.registry import ModelVersion, Registry, RegistryError
 from conveyor.core.spec import Spec
+from conveyor.core.summary import RunSummary
 from conveyor.core.workspace import Workspace
 
 MIN_PREFIX = 8
@@ -66,11 +69,12 @@ def request(registry: Registry, spec: Spec, version: int, run_id: str | None, *,
     return {**row, "created": created, "decision": decision, "message": message, **cmds}
 
 
-def requested_event(name: str, approval: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+def requested_event(name: str, approval: dict[str, Any], summary: RunSummary) -> dict[str, Any]:
+    """The event of a cycle whose challenger waits for a reviewer."""
     return events.make_event("conveyor.approval.requested", name, {
-        "run_id": summary.get("run_id"), "model_version": approval["version"],
-        "champion_version": summary.get("champion_version"), "requested_at": approval["requested_at"],
-        "reason": summary.get("gate_summary"), "metrics": summary.get("metrics"),
+        "run_id": summary.run_id, "model_version": approval["version"],
+        "champion_version": summary.champion_version, "requested_at": approval["requested_at"],
+        "reason": summary.gate_summary, "metrics": summary.metrics,
         "approve": approval["approve"], "reject": approval["reject"]})
 
 
@@ -105,7 +109,7 @@ class ApprovalResult:
     champion_version: int | None  # after the decision
     previous_champion: int | None
     replaces: int | None = None  # a newer champion this approval replaces (or rolls out against)
-    release: dict[str, Any] | None = None  # what the release step returned (approve)
+    release: ReleaseResult | None = None  # what the release step did (approve)
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,9 +179,10 @@ def _who(by: str) -> str:
 
 def approve(spec: Spec, ws: Workspace | str, ref: str | int, *, by: str, reason: str | None = None,
             by_version: bool = False, spec_path: str | None = None,
-            release: Callable[..., dict[str, Any]] | None = None) -> ApprovalResult:
+            release: Callable[..., ReleaseResult] = policy.release) -> ApprovalResult:
     """Approve a pending version and do what its cycle would have done after a passing gate: promote it,
-    or start its rollout against the serving champion (``tasks.release.release``, the cycle's own step).
+    or start its rollout against the serving champion (:func:`conveyor.release.policy.release`, the
+    policy the cycle applies; ``release`` may run its steps another way, e.g. as Prefect tasks).
 
     A newer champion promoted in the meantime does not stop it: the result's ``replaces`` names it and
     the message says so."""
@@ -206,22 +211,19 @@ def approve(spec: Spec, ws: Workspace | str, ref: str | int, *, by: str, reason:
     if before == mv.version:
         message, after = f"v{mv.version} is already the champion", before
     else:
-        if release is None:
-            from conveyor.orchestration.tasks.release import release as cycle_release
-            release = cycle_release
         try:
             rel = release(spec, str(ws.root), mv.version, decision, before, row["run_id"], spec_path, None, note=note)
         except Exception as err:
             registry.set_approval_outcome(spec.name, mv.version, f"approved by {by}, but the release failed: "
                                                                   f"{type(err).__name__}: {err}")
             raise
-        message, after = rel["message"], rel["champion_version"]
+        message, after = rel.message, rel.champion_version
     message = f"v{mv.version} approved by {by}" + (f" ({reason})" if reason else "") + f": {message}{newer}"
     registry.set_approval_outcome(spec.name, mv.version, message)
     result = ApprovalResult("approved", mv.version, row["run_id"], by, reason, decided["decided_at"], message,
                             after, before, replaces, rel)
-    rollout = (rel or {}).get("rollout")
-    promotion = (rel or {}).get("promotion") or {}
+    rollout = rel.rollout if rel is not None else None
+    promotion = rel.promotion if rel is not None else None
     payload = {"model_version": mv.version, "run_id": row["run_id"], "by": by, "reason": reason,
                "requested_at": row["requested_at"], "decided_at": decided["decided_at"], "champion_version": after,
                "previous_champion": before, "replaces": replaces, "message": message,
@@ -232,7 +234,7 @@ def approve(spec: Spec, ws: Workspace | str, ref: str | int, *, by: str, reason:
 
         result.events.append(rollout_event("started", spec.name, RolloutState.from_dict(rollout), run_id=row["run_id"],
                                            watcher=rollout.get("watcher"), approved_by=by))
-    elif promotion.get("action") == "promoted":
+    elif promotion is not None and promotion.action == "promoted":
         result.events.append(events.make_event("conveyor.model.promoted", spec.name, {
             "run_id": row["run_id"], "trigger": "approval", "decision": "promoted", "reason": note,
             "model_version": mv.version, "champion_version": after, "previous_version": before,

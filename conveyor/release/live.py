@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from conveyor.monitoring import feedback
 from conveyor.core.spec import RolloutAlerts, Spec
+from conveyor.core.timeutil import as_utc, utcnow
 from conveyor.core.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -26,16 +27,6 @@ if TYPE_CHECKING:
 
 SERVICE_COLUMNS = {"model_version": pl.Int64(), "role": pl.String(), "latency_ms": pl.Float64(),
                    "status": pl.String(), "error": pl.String(), "request_key": pl.String()}
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def as_utc(t: datetime | str) -> datetime:
-    if isinstance(t, str):
-        t = datetime.fromisoformat(t)
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
 def service_path(ws: Workspace, name: str):

@@ -22,9 +22,10 @@ import sqlite3
 import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
+
+from conveyor.core.timeutil import utcnow
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -117,10 +118,6 @@ class ModelVersion:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class Registry:
@@ -261,7 +258,7 @@ class Registry:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             try:
-                created = _now()
+                created = utcnow().isoformat(timespec="seconds")
                 con.execute(
                     "INSERT INTO versions (name, version, model_hash, created_at, run_id, artifact_dir, metrics, lineage, gate) "
                     "VALUES (?,?,?,?,?,?,?,?,?)",
@@ -291,7 +288,7 @@ class Registry:
         previous = None if r is None else int(r["version"])
         if previous == version:
             return previous
-        at = _now()
+        at = utcnow().isoformat(timespec="seconds")
         con.execute(
             "INSERT INTO aliases (name, alias, version, updated_at) VALUES (?,?,?,?) "
             "ON CONFLICT(name, alias) DO UPDATE SET version=excluded.version, updated_at=excluded.updated_at",
@@ -312,7 +309,7 @@ class Registry:
             con.execute(
                 "INSERT INTO reports (name, version, run_id, path, created_at) VALUES (?,?,?,?,?) "
                 "ON CONFLICT(name, version, run_id) DO UPDATE SET path=excluded.path, created_at=excluded.created_at",
-                (name, version, run_id or "", str(path), _now()),
+                (name, version, run_id or "", str(path), utcnow().isoformat(timespec="seconds")),
             )
 
     def reports(self, name: str) -> dict[int, str]:
@@ -415,7 +412,7 @@ class Registry:
                 self._move_alias(con, name, alias_to, "champion", alias_reason or reason, None)
             con.execute(
                 "UPDATE rollouts SET ended_at=?, outcome=?, reason=?, state=?, metrics=? WHERE rollout_id=?",
-                (state.get("updated_at") or _now(), outcome, reason, json.dumps(state, default=str),
+                (state.get("updated_at") or utcnow().isoformat(timespec="seconds"), outcome, reason, json.dumps(state, default=str),
                  json.dumps(metrics, default=str) if metrics is not None else None, rollout_id),
             )
             row = self._rollout_row(con.execute("SELECT * FROM rollouts WHERE rollout_id=?", (rollout_id,)).fetchone())
@@ -450,7 +447,7 @@ class Registry:
             if r is not None:
                 return dict(r), False
             con.execute("INSERT INTO approvals (name, version, run_id, status, requested_at) "
-                        "VALUES (?,?,?,'pending',?)", (name, version, run_id, _now()))
+                        "VALUES (?,?,?,'pending',?)", (name, version, run_id, utcnow().isoformat(timespec="seconds")))
             r = con.execute("SELECT * FROM approvals WHERE name=? AND version=?", (name, version)).fetchone()
             self._approval_lineage(con, name, version, self._approval_record(r))
         return dict(r), True
@@ -490,7 +487,7 @@ class Registry:
                 raise RegistryError(f"v{version} of {name!r} was already {r['status']} by {r['by']} at "
                                     f"{r['decided_at']}{why}")
             con.execute("UPDATE approvals SET status=?, by=?, reason=?, decided_at=? WHERE name=? AND version=?",
-                        (status, by, reason, _now(), name, version))
+                        (status, by, reason, utcnow().isoformat(timespec="seconds"), name, version))
             r = con.execute("SELECT * FROM approvals WHERE name=? AND version=?", (name, version)).fetchone()
             self._approval_lineage(con, name, version, self._approval_record(r))
         return dict(r)

@@ -23,7 +23,8 @@ from typing import Any
 
 from conveyor.core import events
 from conveyor.release.gate import GateDecision
-from conveyor.release.live import LiveMetrics, RolloutDecision, as_utc, decide, live_metrics, utcnow
+from conveyor.core.timeutil import as_utc, utcnow
+from conveyor.release.live import LiveMetrics, RolloutDecision, decide, live_metrics
 from conveyor.release.registry import Registry, RegistryError
 from conveyor.core.spec import Spec, parse_duration_s
 from conveyor.core.io import atomic_write_json

@@ -119,10 +119,12 @@ def _html(nb_path: Path, title: str) -> str:
 
 
 def _title(run_dir: Path) -> str:
+    from conveyor.core.summary import RunSummary
+
     try:
-        s = json.loads((run_dir / "summary.json").read_text())
-        return f"Gate report: {s.get('spec', '?')}, run {str(s.get('run_id', ''))[:8]}"
-    except (OSError, ValueError):
+        s = RunSummary.load(run_dir / "summary.json")
+        return f"Gate report: {s.spec}, run {s.run_id[:8]}"
+    except (OSError, ValueError):  # no summary, or not one (pydantic's ValidationError is a ValueError)
         return f"Gate report: {run_dir.name}"
 
 

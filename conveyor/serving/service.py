@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from conveyor.core.io import atomic_write_json
+from conveyor.core.timeutil import utcnow as _now
 from conveyor.core.workspace import Workspace
 from conveyor.data.imageio import DecodeError
 from conveyor.release.registry import Registry
@@ -59,10 +60,6 @@ MODEL_FILE = "model.onnx"
 def service_state_path(ws: Workspace, name: str) -> Path:
     """The service's own state, written on every poll for the rollout controller."""
     return ws.state(name) / "service.json"
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True)

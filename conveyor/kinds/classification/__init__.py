@@ -5,7 +5,12 @@ single-label image classification (metrics, sources, contracts, class occurrence
 
 from __future__ import annotations
 
-from conveyor.kinds.base import TaskKind
+from typing import TYPE_CHECKING
+
+from conveyor.kinds.base import ReportSection, TaskKind
+
+if TYPE_CHECKING:  # pragma: no cover
+    from conveyor.reporting.rundata import RunData
 
 
 class ClassificationKind(TaskKind):
@@ -25,3 +30,8 @@ class ClassificationKind(TaskKind):
     serving_module = "conveyor.kinds.classification.serving"
     onnx_outputs = ("logits",)
     batchable = True
+
+    def report_sections(self, run: RunData) -> list[ReportSection]:
+        from conveyor.kinds.classification import report
+
+        return report.sections(run)

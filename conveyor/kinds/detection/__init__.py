@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from conveyor.kinds.base import TaskKind
+from conveyor.kinds.base import ReportSection, TaskKind
 
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from conveyor.core.spec import Spec
     from conveyor.data.records import Collection
+    from conveyor.reporting.rundata import RunData
 
 
 class DetectionKind(TaskKind):
@@ -80,3 +81,11 @@ class DetectionKind(TaskKind):
     serving_module = "conveyor.kinds.detection.serving"
     onnx_outputs = ("boxes", "scores", "labels")
     batchable = False
+
+    def report_sections(self, run: RunData) -> list[ReportSection]:
+        from conveyor.kinds.detection import report
+
+        return report.sections(run)
+
+    def class_count_unit(self) -> str:
+        return "boxes"

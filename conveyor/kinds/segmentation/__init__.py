@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
-from conveyor.kinds.base import TaskKind
+from conveyor.kinds.base import ReportSection, TaskKind
 
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from conveyor.core.spec import Spec
     from conveyor.data.records import Collection
+    from conveyor.reporting.rundata import RunData
 
 
 class SegmentationKind(TaskKind):
@@ -74,3 +75,8 @@ class SegmentationKind(TaskKind):
     serving_module = "conveyor.kinds.segmentation.serving"
     onnx_outputs = ("logits",)
     batchable = True
+
+    def report_sections(self, run: RunData) -> list[ReportSection]:
+        from conveyor.kinds.segmentation import report
+
+        return report.sections(run)

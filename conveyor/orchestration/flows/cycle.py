@@ -13,6 +13,8 @@ from conveyor.monitoring import monitor
 from conveyor.core.cycles import CycleGuard, CycleRunning, is_manual
 from conveyor.release.gate import DECISION_WORDS
 from conveyor.core.spec import load_spec
+from conveyor.core.summary import (DatasetCounts, EvaluationFiles, ReviewCounts, RunSummary, SplitSizes,
+                                   TrainingRun)
 from conveyor.core.io import code_commit, package_versions, sha256_file, stable_hash
 from conveyor.core.workspace import Workspace
 from conveyor.orchestration.tasks.data import (contracts_task, curate_task, fingerprint_task, frozen_eval_task, ingest_task,
@@ -32,7 +34,10 @@ def continuous_training(spec_path: str, workspace: str | None = None, trigger: s
     """Run one cycle of the pipeline that ``spec_path`` describes; returns the run summary.
 
     ``trigger`` says what started the run (manual, schedule, drift, performance, webhook, ...) and
-    ``reason`` why, in words; both are recorded in the run folder, the lineage and the summary."""
+    ``reason`` why, in words; both are recorded in the run folder, the lineage and the summary.
+
+    The summary is a :class:`conveyor.core.summary.RunSummary` (written as ``summary.json``); the flow
+    returns its JSON form without ``schema_version``, as ``conveyor run --json`` has always printed it."""
     spec = load_spec(spec_path)
     ws = Workspace(spec.workspace_path(workspace))
     wsp = str(ws.root)
@@ -51,44 +56,48 @@ def continuous_training(spec_path: str, workspace: str | None = None, trigger: s
             raise  # a person asked for this run: say why it cannot start
         return _skipped(spec, run_id, trigger, reason, wsp, run_dir, str(err), log_path)
     emit_events_task(_cycle_events(spec.name, summary), log_path)
-    return summary
+    return _returned(summary)
+
+
+def _returned(summary: RunSummary) -> dict:
+    """What the flow returns: the summary's JSON form as ``conveyor run --json`` prints it."""
+    out = summary.to_json()
+    out.pop("schema_version")
+    return out
 
 
 def _skipped(spec, run_id: str, trigger: str, reason: str | None, wsp: str, run_dir: str, why: str,
              log_path: str) -> dict:
     """A cycle a trigger started while another runs or within the cool-down: record and stop."""
-    summary = {"run_id": run_id, "spec": spec.name, "task": spec.task, "trigger": trigger, "reason": reason,
-               "workspace": wsp, "run_dir": run_dir, "decision": "skipped", "skipped_because": why}
+    summary = RunSummary(run_id=run_id, spec=spec.name, task=spec.task, trigger=trigger, reason=reason, workspace=wsp,
+                         run_dir=run_dir, decision="skipped", skipped_because=why)
     emit_events_task([events.make_event("conveyor.cycle.skipped", spec.name,
                                         {"run_id": run_id, "trigger": trigger, "reason": why})], log_path)
     close_run_task(run_dir, summary)
-    return summary
+    return _returned(summary)
 
 
-def _cycle_events(name: str, s: dict) -> list[dict]:
-    payload = {"run_id": s["run_id"], "trigger": s["trigger"], "decision": s["decision"],
-               "reason": s["gate_summary"], "model_version": s["model_version"],
-               "champion_version": s["champion_version"], "metrics": s["metrics"]}
+def _cycle_events(name: str, s: RunSummary) -> list[dict]:
+    payload = {"run_id": s.run_id, "trigger": s.trigger, "decision": s.decision, "reason": s.gate_summary,
+               "model_version": s.model_version, "champion_version": s.champion_version, "metrics": s.metrics}
     out = [events.make_event("conveyor.cycle.completed", name, payload)]
-    approval = s.get("approval")
-    if approval is not None and approval["status"] == "pending":  # nothing moves until a reviewer decides
+    if s.approval is not None and s.approval["status"] == "pending":  # nothing moves until a reviewer decides
         from conveyor.release.approval import requested_event
 
-        out.append(requested_event(name, approval, s))
-    rollout = s.get("rollout")
-    if rollout is not None:  # passed the gate; the champion moves only when the rollout is promoted
-        if rollout.get("status") == "running":
+        out.append(requested_event(name, s.approval, s))
+    if s.rollout is not None:  # passed the gate; the champion moves only when the rollout is promoted
+        if s.rollout.get("status") == "running":
             from conveyor.release.rollout import RolloutState, rollout_event
 
-            out.append(rollout_event("started", name, RolloutState.from_dict(rollout), run_id=s["run_id"],
-                                     watcher=rollout.get("watcher")))
-    elif s["decision"] in ("promoted", "rejected"):
-        out.append(events.make_event(f"conveyor.model.{s['decision']}", name, payload))
+            out.append(rollout_event("started", name, RolloutState.from_dict(s.rollout), run_id=s.run_id,
+                                     watcher=s.rollout.get("watcher")))
+    elif s.decision in ("promoted", "rejected"):
+        out.append(events.make_event(f"conveyor.model.{s.decision}", name, payload))
     return out
 
 
 def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason: str | None,
-           spec_path: str | None = None, workspace: str | None = None) -> dict:
+           spec_path: str | None = None, workspace: str | None = None) -> RunSummary:
     wsp = str(ws.root)
     source_key = fingerprint_task(spec)
     ing = ingest_task(spec, source_key, spec.section_hash("data", "curation"), wsp)
@@ -156,55 +165,55 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
     else:
         rel = release(spec, wsp, version.version, decision, champ.version if champ else None, run_id, spec_path,
                       workspace)
-        rollout, champion_version, promotion_message = rel["rollout"], rel["champion_version"], rel["message"]
+        rollout, champion_version, promotion_message = rel.rollout, rel.champion_version, rel.message
 
-    summary = {
-        "run_id": run_id,
-        "spec": spec.name,
-        "task": spec.task,
-        "trigger": trigger,
-        "reason": reason,
-        "workspace": wsp,
-        "run_dir": run_dir,
-        "dataset_version": ing.dataset_version,
-        "decision": approval["decision"] if approval else DECISION_WORDS[decision.decision],
-        "gate_summary": decision.summary,
-        "reasons": [o.to_dict() for o in decision.outcomes],
-        "metrics": challenger.metrics,
-        "champion_metrics": champ_metrics,
-        "model_version": version.version,
-        "model_dir": version.artifact_dir,
-        "champion_version": champion_version,
-        "promotion": promotion_message,
-        "rollout": rollout,
-        "approval": approval,
-        "dataset": {
-            "label_version": label_version.version,
-            "labeled_version": lab.labeled_version,
-            "label_sources": lab.by_source,
-            "review": {"auto_labeled": lab.auto_labeled, "queued": lab.queued, "queue": lab.queue,
-                       "pool": lab.pool, "feedback": lab.feedback, "reviewed": lab.reviewed,
-                       "selection": lab.selection},
-            "received": ing.received, "accepted": ing.accepted, "quarantined": ing.quarantined,
-            "quarantine_reasons": ing.quarantine_reasons, "quarantine_path": ing.quarantine_path,
-            "curated": cur.kept, "removed_reasons": cur.removed_reasons, "removed_path": cur.removed_path,
-            "annotations": ing.annotations,  # detection: box counts and box quarantine reasons
-        },
-        "split": {"split_version": spl.split_version, "group_by": spec.split.group_by, "counts": spl.counts,
-                  "held_out_machine": spl.held_out_machine,
-                  "groups": spl.groups, "per_class": spl.per_class, "path": spl.split_path},
-        "evaluation": {"metrics_path": challenger.metrics_path, "predictions_path": challenger.predictions_path,
-                       "champion_metrics_path": champ_metrics_path},
-        "train": {"checkpoint": trained.checkpoint_path, "seconds": trained.train_seconds, "epochs": trained.epochs,
-                  "best_epoch": trained.best_epoch, "tracking": trained.tracking},
-        "onnx_max_abs_diff": challenger.onnx_max_abs_diff,
-        "latency": challenger.latency,
-    }
+    summary = RunSummary(
+        run_id=run_id,
+        spec=spec.name,
+        task=spec.task,
+        trigger=trigger,
+        reason=reason,
+        workspace=wsp,
+        run_dir=run_dir,
+        dataset_version=ing.dataset_version,
+        decision=approval["decision"] if approval else DECISION_WORDS[decision.decision],
+        gate_summary=decision.summary,
+        reasons=[o.to_dict() for o in decision.outcomes],
+        metrics=challenger.metrics,
+        champion_metrics=champ_metrics,
+        model_version=version.version,
+        model_dir=version.artifact_dir,
+        champion_version=champion_version,
+        promotion=promotion_message,
+        rollout=rollout,
+        approval=approval,
+        dataset=DatasetCounts(
+            label_version=label_version.version,
+            labeled_version=lab.labeled_version,
+            label_sources=lab.by_source,
+            review=ReviewCounts(auto_labeled=lab.auto_labeled, queued=lab.queued, queue=lab.queue, pool=lab.pool,
+                                feedback=lab.feedback, reviewed=lab.reviewed, selection=lab.selection),
+            received=ing.received, accepted=ing.accepted, quarantined=ing.quarantined,
+            quarantine_reasons=ing.quarantine_reasons, quarantine_path=ing.quarantine_path,
+            curated=cur.kept, removed_reasons=cur.removed_reasons, removed_path=cur.removed_path,
+            annotations=ing.annotations,  # detection: box counts and box quarantine reasons
+        ),
+        split=SplitSizes(split_version=spl.split_version, group_by=spec.split.group_by, counts=spl.counts,
+                         held_out_machine=spl.held_out_machine, groups=spl.groups, per_class=spl.per_class,
+                         path=spl.split_path),
+        evaluation=EvaluationFiles(metrics_path=challenger.metrics_path, predictions_path=challenger.predictions_path,
+                                   champion_metrics_path=champ_metrics_path),
+        train=TrainingRun(checkpoint=trained.checkpoint_path, seconds=trained.train_seconds, epochs=trained.epochs,
+                          best_epoch=trained.best_epoch, tracking=trained.tracking),
+        onnx_max_abs_diff=challenger.onnx_max_abs_diff,
+        latency=challenger.latency,
+    )
     publish_task(spec.name, summary)
     close_run_task(run_dir, summary, contracts_path)
     # last, from the finished run folder: the HTML gate report (also written into summary.json)
-    summary["report"] = report_task(spec.name, run_dir, registry_root, version.version, run_id)
-    if summary["report"] and trained.tracking:  # the report joins the training's wandb run; never fails the cycle
-        track_artifact_task(wsp, trained.tracking, summary["report"], f"{spec.name}-gate-report", "report")
+    summary = summary.model_copy(update={"report": report_task(spec.name, run_dir, registry_root, version.version,
+                                                               run_id)})
+    if summary.report and trained.tracking:  # the report joins the training's wandb run; never fails the cycle
+        track_artifact_task(wsp, trained.tracking, summary.report, f"{spec.name}-gate-report", "report")
     return summary
 

@@ -10,7 +10,7 @@ import time
 from prefect import flow
 
 from conveyor.monitoring import monitor
-from conveyor.release.live import as_utc, utcnow
+from conveyor.core.timeutil import as_utc, utcnow
 from conveyor.release.registry import Registry
 from conveyor.release.rollout import RolloutState, rollout_event
 from conveyor.core.spec import load_spec, parse_duration_s

@@ -14,12 +14,13 @@ from conveyor.monitoring import monitor
 from conveyor.monitoring import profiles
 from conveyor.core.cycles import CycleGuard, Suppression
 from conveyor.core.spec import Spec, parse_duration_s
+from conveyor.core.timeutil import as_utc
 from conveyor.core.workspace import Workspace
 from conveyor.orchestration.tasks.common import RETRY, artifact_key, content_cache, run_logger
 
 
 def _when(at: str | None) -> datetime | None:
-    return profiles.as_utc(datetime.fromisoformat(at)) if at else None
+    return as_utc(at) if at else None
 
 
 @task(name="profile-arrivals", **RETRY)

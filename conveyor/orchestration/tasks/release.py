@@ -7,8 +7,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from conveyor.release.gate import GateDecision, evaluate_gate, skip_decision
 from conveyor.release.registry import ModelVersion, Registry
-from conveyor.release.rollout import PromotionResult, promote
+from conveyor.release import policy
+from conveyor.release.rollout import PromotionResult
 from conveyor.core.spec import Spec
+from conveyor.core.summary import RunSummary
 from conveyor.orchestration.tasks.common import RETRY, artifact_key, run_logger, table
 
 
@@ -43,21 +45,13 @@ def register_task(name: str, registry_root: str, files: dict[str, str], model_ha
 @task(name="promote", **RETRY)
 def promote_task(name: str, registry_root: str, version: int, decision: GateDecision, strategy: str,
                  run_id: str | None, note: str | None = None) -> PromotionResult:
-    res = promote(Registry(registry_root), name, version, decision, strategy=strategy, run_id=run_id, note=note)
+    res = policy.promote_version(name, registry_root, version, decision, strategy, run_id, note)
     run_logger().info(res.message)
     return res
 
 
-def release(spec: Spec, workspace: str, version: int, decision: GateDecision, champion_version: int | None,
-            run_id: str | None, spec_path: str | None = None, workspace_arg: str | None = None,
-            note: str | None = None) -> dict:
-    """What follows the gate: a challenger against a serving champion goes through a rollout (shadow,
-    canary, blue_green); otherwise (``replace``, or the first model) the champion alias moves when the
-    gate passed. The cycle calls this right after registering, and ``conveyor approve`` after a reviewer
-    signs off; inside a flow each step is a task run, outside one the same functions run directly.
-
-    Returns ``{"rollout", "champion_version", "message", "promotion"}`` (``rollout``: the started rollout's
-    state, or ``status: not_started`` with the reason; ``promotion``: the PromotionResult as a dict)."""
+def task_steps() -> policy.ReleaseSteps:
+    """The release policy's steps as task runs inside a flow run; outside one the same tasks' functions."""
     from prefect.context import FlowRunContext
 
     from conveyor.orchestration.tasks.rollout import start_rollout_task, watch_rollout_task
@@ -65,69 +59,64 @@ def release(spec: Spec, workspace: str, version: int, decision: GateDecision, ch
     def step(t):
         return t if FlowRunContext.get() is not None else t.fn
 
-    if decision.passed and spec.deploy.strategy != "replace" and champion_version is not None:
-        # a challenger against a serving champion goes through a rollout; the first model is promoted directly
-        rollout = step(start_rollout_task)(spec, workspace, version)
-        if rollout["status"] == "running":
-            rollout["watcher"] = step(watch_rollout_task)(spec.name, spec_path, workspace_arg, rollout["rollout_id"],
-                                                          version)
-        return {"rollout": rollout, "champion_version": champion_version, "message": rollout["message"],
-                "promotion": None}
-    from conveyor.core.workspace import Workspace
+    return policy.ReleaseSteps(start_rollout=step(start_rollout_task), watch_rollout=step(watch_rollout_task),
+                               promote=step(promote_task))
 
-    promotion = step(promote_task)(spec.name, str(Workspace(workspace).registry), version, decision,
-                                   spec.deploy.strategy, run_id, note)
-    return {"rollout": None, "champion_version": promotion.champion_version, "message": promotion.message,
-            "promotion": promotion.to_dict()}
+
+def release(spec: Spec, workspace: str, version: int, decision: GateDecision, champion_version: int | None,
+            run_id: str | None, spec_path: str | None = None, workspace_arg: str | None = None,
+            note: str | None = None) -> policy.ReleaseResult:
+    """The promotion policy (:func:`conveyor.release.policy.release`) with each step a Prefect task run."""
+    return policy.release(spec, workspace, version, decision, champion_version, run_id, spec_path, workspace_arg,
+                          note, steps=task_steps())
 
 
 @task(name="publish-report")
-def publish_task(spec_name: str, summary: dict) -> None:
+def publish_task(spec_name: str, summary: RunSummary) -> None:
     """Prefect artifacts for the run: dataset counts, split, metrics and the gate decision."""
-    ds = summary["dataset"]
-    rows = [{"item": "received", "count": ds["received"]}, {"item": "accepted", "count": ds["accepted"]},
-            {"item": "quarantined", "count": ds["quarantined"]}]
-    rows += [{"item": f"quarantined: {r}", "count": n} for r, n in sorted(ds["quarantine_reasons"].items())]
-    rows += [{"item": "kept after curation", "count": ds["curated"]}]
-    rows += [{"item": f"removed: {r}", "count": n} for r, n in sorted(ds["removed_reasons"].items())]
+    ds = summary.dataset
+    rows = [{"item": "received", "count": ds.received}, {"item": "accepted", "count": ds.accepted},
+            {"item": "quarantined", "count": ds.quarantined}]
+    rows += [{"item": f"quarantined: {r}", "count": n} for r, n in sorted(ds.quarantine_reasons.items())]
+    rows += [{"item": "kept after curation", "count": ds.curated}]
+    rows += [{"item": f"removed: {r}", "count": n} for r, n in sorted(ds.removed_reasons.items())]
     create_table_artifact(table(rows), key=artifact_key(spec_name, "dataset"),
-                          description=f"Dataset {summary['dataset_version']}: counts and quarantine reasons")
+                          description=f"Dataset {summary.dataset_version}: counts and quarantine reasons")
 
-    rv = ds.get("review")
+    rv = ds.review
     if rv:  # the label and review loop: where labels came from, the pool, the queue
-        label_rows = [{"item": f"labels: {k}", "count": n} for k, n in (ds.get("label_sources") or {}).items()]
-        for kind, info in rv["pool"].items():
+        label_rows = [{"item": f"labels: {k}", "count": n} for k, n in (ds.label_sources or {}).items()]
+        for kind, info in rv.pool.items():
             if isinstance(info, dict):
                 label_rows += [{"item": f"pool {kind}: received", "count": info.get("received", 0)},
                                {"item": f"pool {kind}: quarantined", "count": info.get("quarantined", 0)}]
-        label_rows += [{"item": "auto-labelled (train only)", "count": rv["auto_labeled"]},
-                       {"item": "queued for review", "count": rv["queued"]}]
-        queue = rv.get("queue") or {}
+        label_rows += [{"item": "auto-labelled (train only)", "count": rv.auto_labeled},
+                       {"item": "queued for review", "count": rv.queued}]
+        queue = rv.queue or {}
         create_table_artifact(table(label_rows), key=artifact_key(spec_name, "labels"),
-                              description=f"Label version {ds.get('label_version')}"
+                              description=f"Label version {ds.label_version}"
                                           + (f"; review queue: {queue['tasks']}" if queue else ""))
 
-    sp = summary["split"]
-    split_rows = [{"split": s, "images": sp["counts"][s], "groups": sp["groups"][s],
-                   "smallest class": min(sp["per_class"][s].values(), default=0)} for s in ("train", "val", "test")]
+    sp = summary.split
+    split_rows = [{"split": s, "images": sp.counts[s], "groups": sp.groups[s],
+                   "smallest class": min(sp.per_class[s].values(), default=0)} for s in ("train", "val", "test")]
     create_table_artifact(table(split_rows), key=artifact_key(spec_name, "split"),
-                          description=f"Split {sp['split_version']} grouped by {sp['group_by']}")
+                          description=f"Split {sp.split_version} grouped by {sp.group_by}")
 
-    metrics = summary.get("metrics") or {}
-    champ = summary.get("champion_metrics") or {}
+    metrics = summary.metrics or {}
+    champ = summary.champion_metrics or {}
     metric_rows = [{"metric": k, "challenger": v, "champion": champ.get(k)}
                    for k, v in sorted(metrics.items()) if "[" not in k]
     create_table_artifact(table(metric_rows), key=artifact_key(spec_name, "metrics"),
                           description="Test-set metrics of the challenger (and the champion, on the same frozen set)")
 
-    gate_rows = [{"rule": r["rule"], "value": r["value"], "threshold": r["threshold"],
-                  "champion": r.get("champion_value"), "result": "pass" if r["passed"] else "FAIL"}
-                 for r in summary["reasons"]]
-    md = [f"# Gate decision: **{summary['decision']}**", "", summary.get("gate_summary", ""), "",
-          f"- model version: v{summary.get('model_version')}", f"- champion now: v{summary.get('champion_version')}",
-          f"- dataset version: `{summary['dataset_version']}`", f"- run folder: `{summary['run_dir']}`", "",
+    gate_rows = [{"rule": r.rule, "value": r.value, "threshold": r.threshold, "champion": r.champion_value,
+                  "result": "pass" if r.passed else "FAIL"} for r in summary.reasons]
+    md = [f"# Gate decision: **{summary.decision}**", "", summary.gate_summary or "", "",
+          f"- model version: v{summary.model_version}", f"- champion now: v{summary.champion_version}",
+          f"- dataset version: `{summary.dataset_version}`", f"- run folder: `{summary.run_dir}`", "",
           "| rule | value | threshold | champion | result |", "|---|---|---|---|---|"]
     for r in table(gate_rows):
         md.append(f"| {r['rule']} | {r['value']} | {r['threshold']} | {r['champion']} | {r['result']} |")
     create_markdown_artifact("\n".join(md), key=artifact_key(spec_name, "gate"),
-                             description=f"Gate decision: {summary['decision']}")
+                             description=f"Gate decision: {summary.decision}")

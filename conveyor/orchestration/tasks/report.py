@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import task
@@ -10,16 +9,14 @@ from prefect.artifacts import create_link_artifact
 
 from conveyor.reporting import report
 from conveyor.release.registry import Registry
-from conveyor.core.io import atomic_write_json
+from conveyor.core.summary import RunSummary
 from conveyor.orchestration.tasks.common import artifact_key, run_logger
 
 
 def _add_to_summary(run_dir: str, html_path: str | None) -> None:
     path = Path(run_dir) / "summary.json"
     if path.is_file():
-        summary = json.loads(path.read_text())
-        summary["report"] = html_path
-        atomic_write_json(path, summary)
+        RunSummary.load(path).model_copy(update={"report": html_path}).write(path)
 
 
 @task(name="gate-report")

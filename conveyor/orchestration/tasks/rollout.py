@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from conveyor.release import rollout
-from conveyor.release.live import as_utc
+from conveyor.release import policy, rollout
+from conveyor.core.timeutil import as_utc
 from conveyor.release.registry import Registry
 from conveyor.core.spec import Spec
 from conveyor.core.workspace import Workspace
@@ -21,20 +19,12 @@ ROLLOUT_FLOW = "conveyor-rollout"
 def start_rollout_task(spec: Spec, workspace: str, version: int) -> dict:
     """The cycle's release step for shadow / canary / blue_green: start a rollout of ``version``.
     A refusal (another rollout running) is reported, not raised: the version stays registered."""
-    log = run_logger()
-    try:
-        st = rollout.start_rollout(spec, Workspace(workspace), version)
-    except rollout.RolloutError as err:
-        log.warning("no rollout started for v%d: %s", version, err)
-        return {"status": "not_started", "challenger": version, "reason": str(err),
-                "message": f"v{version} passed the gate but no rollout started: {err}; start one later with "
-                           f"`conveyor rollout SPEC --version {version}`"}
-    share = f"{st.traffic:.0%} of traffic" if st.strategy == "canary" else {
-        "shadow": "a copy of every request", "blue_green": "all traffic once the service has it ready"}[st.strategy]
-    msg = (f"v{version} passed the gate; {st.strategy} rollout {st.rollout_id} started ({share} until {st.ends_at}); "
-           f"champion stays v{st.champion} until the rollout is promoted")
-    log.info(msg)
-    return {**st.to_dict(), "message": msg}
+    started = policy.start_rollout(spec, workspace, version)
+    if started["status"] == "not_started":
+        run_logger().warning("no rollout started for v%d: %s", version, started["reason"])
+    else:
+        run_logger().info(started["message"])
+    return started
 
 
 @task(name="open-rollout", **RETRY)
@@ -62,7 +52,7 @@ def watch_rollout_task(name: str, spec_path: str | None, workspace: str | None, 
     deployment; otherwise the monitor (or `conveyor rollout --watch`) finishes it."""
     from prefect.runtime import deployment
 
-    fallback = "the monitor ends it when due or breached (`conveyor rollout-status SPEC` shows it)"
+    fallback = policy.WATCHED_BY_MONITOR
     if not deployment.id or spec_path is None:
         return {"mode": "monitor", "note": fallback}
     from prefect.deployments import run_deployment
@@ -81,7 +71,7 @@ def watch_rollout_task(name: str, spec_path: str | None, workspace: str | None, 
 @task(name="check-rollout")
 def check_rollout_task(spec: Spec, workspace: str, now: str | None = None) -> rollout.RolloutCheck:
     """Live metrics and decision of the running rollout; ends it on a breach or at the end of the window."""
-    at = as_utc(datetime.fromisoformat(now)) if now else None
+    at = as_utc(now) if now else None
     check = rollout.check_rollout(spec, Workspace(workspace), at)
     log = run_logger()
     if check.decision is None:

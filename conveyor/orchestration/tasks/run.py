@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import task
 
 from conveyor.core.spec import Spec
+from conveyor.core.summary import RunSummary
 from conveyor.core.io import atomic_write_json, atomic_write_text
+from conveyor.core.timeutil import utcnow
 from conveyor.core.workspace import Workspace
 
 
 @task(name="open-run")
 def open_run_task(spec: Spec, workspace: str, run_id: str, trigger: str, reason: str | None = None) -> str:
     """Make the run folder and write the resolved spec into it (as timm writes args.yaml)."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
     run_dir = Workspace(workspace).runs / f"{stamp}-{run_id[:8]}"
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "spec.yaml", spec.resolved_yaml())
@@ -26,7 +27,7 @@ def open_run_task(spec: Spec, workspace: str, run_id: str, trigger: str, reason:
 
 
 @task(name="close-run")
-def close_run_task(run_dir: str, summary: dict, contracts_path: str | None = None) -> str:
+def close_run_task(run_dir: str, summary: RunSummary, contracts_path: str | None = None) -> str:
     if contracts_path:
         atomic_write_text(Path(run_dir) / "contracts.json", Path(contracts_path).read_text())
-    return str(atomic_write_json(Path(run_dir) / "summary.json", summary))
+    return str(summary.write(Path(run_dir) / "summary.json"))
