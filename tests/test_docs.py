@@ -15,7 +15,8 @@ from pydantic import BaseModel
 
 from conveyor.core.spec import Spec
 
-ROOT = Path(__file__).resolve().parents[1]
+# The checkout: the folder above this file that holds mkdocs.yml (whatever folder of tests/ this file is in).
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "mkdocs.yml").is_file())
 
 
 def _reference_hook():
