@@ -44,4 +44,4 @@ clean:
 # The documentation site (mkdocs.yml), built strictly into build/site: a broken link or a warning fails it.
 .PHONY: docs
 docs: $(STAMP)
-	$(BIN)/python -m mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
