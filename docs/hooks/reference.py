@@ -184,9 +184,10 @@ def _metric_tables(kinds: Any, spec_module: Any) -> list[str]:
         declared = getattr(kind, "metrics", None)
         if declared:
             by_kind[name] = (dict(declared), set(getattr(kind, "per_class_metrics", ())))
-    lines = ["## Gate metrics { #spec-metrics }", "",
-             "The metrics `gates.rules` and `gates.champion.metrics` may name, and whether higher or lower is",
-             "better. A per-class metric is written `name[class]`, e.g. `recall[cat] >= 0.8`.", ""]
+    lines = ["## Task kinds and gate metrics { #spec-metrics }", "",
+             "The metrics `gates.rules` and `gates.champion.metrics` may name (per task kind, with the",
+             "`data.format` values the kind reads, when the kinds declare them), and whether higher or lower",
+             "is better. A per-class metric is written `name[class]`, e.g. `recall[cat] >= 0.8`.", ""]
 
     def table(metrics: dict[str, str], per_class: set[str]) -> list[str]:
         rows = ["| metric | better | per class |", "|---|---|---|"]
@@ -195,7 +196,11 @@ def _metric_tables(kinds: Any, spec_module: Any) -> list[str]:
 
     generic = {m: d for m, d in directions.items() if not any(m in ms for ms, _ in by_kind.values())}
     for name, (metrics, per_class) in by_kind.items():
-        lines += [f"### `{name}`", ""] + table(metrics, per_class)
+        lines += [f"### `{name}`", ""]
+        formats = getattr(kinds.get(name), "source_formats", ())
+        if formats:
+            lines += ["Reads `data.format`: " + ", ".join(f"`{f}`" for f in formats) + ".", ""]
+        lines += table(metrics, per_class)
     if generic:
         if by_kind:
             lines += ["### Every kind", "", "Latency and size, measured on the exported ONNX model.", ""]
