@@ -185,9 +185,8 @@ def _metric_tables(kinds: Any, spec_module: Any) -> list[str]:
         if declared:
             by_kind[name] = (dict(declared), set(getattr(kind, "per_class_metrics", ())))
     lines = ["## Task kinds and gate metrics { #spec-metrics }", "",
-             "The metrics `gates.rules` and `gates.champion.metrics` may name (per task kind, with the",
-             "`data.format` values the kind reads, when the kinds declare them), and whether higher or lower",
-             "is better. A per-class metric is written `name[class]`, e.g. `recall[cat] >= 0.8`.", ""]
+             "The metrics `gates.rules` and `gates.champion.metrics` may name, and whether higher or lower is",
+             "better. A per-class metric is written `name[class]`, e.g. `recall[cat] >= 0.8`.", ""]
 
     def table(metrics: dict[str, str], per_class: set[str]) -> list[str]:
         rows = ["| metric | better | per class |", "|---|---|---|"]
