@@ -40,3 +40,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf .demo workspace conveyor/demo/specs/workspace conveyor/demo/specs/data .pytest_cache site
+
+# The documentation site (mkdocs.yml), built strictly into build/site: a broken link or a warning fails it.
+.PHONY: docs
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict

@@ -104,8 +104,12 @@ class _Base(BaseModel):
 
 class DataSpec(_Base):
     source: str = Field(description="An image folder (one sub-folder per class) or a CSV/Parquet/JSONL manifest.")
-    format: str = Field(default="auto", description="auto (folder or manifest) or a source format of a task kind "
-                                                    "(folder, manifest, coco, yolo, masks ...).")
+    format: str = Field(
+        default="auto",
+        description="How `source` is read: `folder` (one sub-folder per class), `manifest` (CSV, Parquet or JSONL), "
+                    "or a task kind's own format such as `coco` or `yolo` (detection) and `masks` (segmentation); "
+                    "`auto` picks `folder` for a directory and `manifest` for a file.",
+    )
     annotations: str | None = Field(
         default=None,
         description="Detection: a COCO JSON file or a YOLO labels folder; segmentation: the masks folder.",
@@ -117,7 +121,10 @@ class DataSpec(_Base):
     min_side: int = Field(default=8, ge=1, description="Smallest accepted image side in pixels.")
     max_side: int = Field(default=8192, ge=1, description="Largest accepted image side in pixels.")
     max_pixels: int = Field(default=50_000_000, ge=1, description="Decompression-bomb limit (width x height).")
-    max_file_mb: float = Field(default=64.0, gt=0)
+    max_file_mb: float = Field(
+        default=64.0, gt=0,
+        description="Largest accepted image file in MiB; a bigger file is quarantined as `too_large`.",
+    )
 
     @field_validator("format")
     @classmethod
@@ -143,36 +150,64 @@ class DataSpec(_Base):
 
 
 class NearDuplicateSpec(_Base):
-    enabled: bool = True
-    hash: Literal["phash", "dhash", "ahash", "whash"] = "phash"
-    hash_size: int = Field(default=8, ge=4, le=32)
+    enabled: bool = Field(
+        default=True,
+        description="Remove near-duplicates (images whose perceptual hashes are within `max_distance`).",
+    )
+    hash: Literal["phash", "dhash", "ahash", "whash"] = Field(
+        default="phash",
+        description="The perceptual hash (imagehash): `phash`, `dhash`, `ahash` or `whash`.",
+    )
+    hash_size: int = Field(
+        default=8, ge=4, le=32,
+        description="Side of the hash grid; the hash has `hash_size` squared bits.",
+    )
     max_distance: int = Field(default=2, ge=0, description="Hamming distance at or below which two images are near-duplicates.")
 
 
 class PrivacySpec(_Base):
-    exclude_cameras: list[str] = Field(default_factory=list)
-    exclude_scenes: list[str] = Field(default_factory=list)
-    drop_missing_camera: bool = False
+    exclude_cameras: list[str] = Field(
+        default_factory=list,
+        description="Cameras whose images are dropped by curation (and never kept by the inference service).",
+    )
+    exclude_scenes: list[str] = Field(
+        default_factory=list,
+        description="Scenes whose images are dropped by curation (and never kept by the inference service).",
+    )
+    drop_missing_camera: bool = Field(default=False, description="Drop images that name no camera.")
 
 
 class CurationSpec(_Base):
-    exact_duplicates: Literal["drop", "keep"] = "drop"
-    near_duplicates: NearDuplicateSpec = Field(default_factory=NearDuplicateSpec)
-    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+    exact_duplicates: Literal["drop", "keep"] = Field(
+        default="drop",
+        description="Images with the same content hash: `drop` keeps one of them, `keep` keeps them all.",
+    )
+    near_duplicates: NearDuplicateSpec = Field(
+        default_factory=NearDuplicateSpec,
+        description="Near-duplicate removal by perceptual hash.",
+    )
+    privacy: PrivacySpec = Field(
+        default_factory=PrivacySpec,
+        description="Cameras and scenes whose images never reach training.",
+    )
 
 
 class SplitSpec(_Base):
     ratios: dict[Literal["train", "val", "test"], float] = Field(
-        default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15}
+        default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15},
+        description="Shares of train, val and test; they must sum to 1, and train and test must be above 0.",
     )
-    group_by: Literal["camera", "scene", "time", "none"] = "camera"
+    group_by: Literal["camera", "scene", "time", "none"] = Field(
+        default="camera",
+        description="What no two splits may share: `camera`, `scene`, a `time` window, or `none` (image by image).",
+    )
     time_window: str = Field(default="1d", description="Window for group_by: time, e.g. 6h, 1d, 7d.")
     frozen_eval: bool = Field(default=True, description="Keep val/test images fixed across cycles.")
     new_groups_to: Literal["train", "ratio"] = Field(
         default="train", description="Where images of groups never seen before go once the evaluation set is frozen."
     )
     min_per_class_eval: int = Field(default=1, ge=0, description="Minimum images of every class in val and test.")
-    seed: int = 0
+    seed: int = Field(default=0, description="Seed of the deterministic hash order that assigns groups to splits.")
 
     @field_validator("ratios")
     @classmethod
@@ -199,27 +234,72 @@ class SplitSpec(_Base):
 class AugmentSpec(_Base):
     """Augmentations, applied to training images only."""
 
-    random_crop_padding: int = Field(default=0, ge=0)
-    hflip: bool = False
-    rotation_deg: float = Field(default=0.0, ge=0, le=180)
-    color_jitter: float = Field(default=0.0, ge=0, le=1)
+    random_crop_padding: int = Field(
+        default=0, ge=0,
+        description="Pad by this many pixels, then crop back to `image_size` at a random offset; 0: off.",
+    )
+    hflip: bool = Field(default=False, description="Flip images horizontally at random.")
+    rotation_deg: float = Field(
+        default=0.0, ge=0, le=180,
+        description="Rotate by a random angle of up to this many degrees either way; 0: off.",
+    )
+    color_jitter: float = Field(
+        default=0.0, ge=0, le=1,
+        description="Strength of random colour changes (brightness, contrast, saturation), 0 to 1; 0: off.",
+    )
 
 
 class TrainSpec(_Base):
-    model: str = "resnet10t"
-    image_size: int = Field(default=32, ge=8, le=2048)
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    lr: float = Field(default=3e-3, gt=0)
-    weight_decay: float = Field(default=0.05, ge=0)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
-    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    seed: int = 0
-    num_threads: int = Field(default=2, ge=1)
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
-    augment: AugmentSpec = Field(default_factory=AugmentSpec)
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    model: str = Field(
+        default="resnet10t",
+        description="The model, from scratch (`pretrained=False`): a timm model name for classification, or a model "
+                    "the task kind names (see the data sources page).",
+    )
+    image_size: int = Field(
+        default=32, ge=8, le=2048,
+        description="Side in pixels the images are resized to for training, evaluation and serving.",
+    )
+    epochs: int = Field(
+        default=10, ge=1,
+        description="Training epochs; the epoch with the best validation value of the kind's primary metric is kept.",
+    )
+    batch_size: int = Field(default=64, ge=1, description="Images per training step.")
+    lr: float = Field(default=3e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(
+        default=0.05, ge=0,
+        description="Weight decay (not applied to biases and normalisation weights).",
+    )
+    optimizer: Literal["adamw", "sgd"] = Field(
+        default="adamw",
+        description="`adamw`, or `sgd` (Nesterov momentum 0.9).",
+    )
+    scheduler: Literal["onecycle", "cosine", "none"] = Field(
+        default="onecycle",
+        description="Learning-rate schedule: `onecycle`, `cosine` or `none` (constant).",
+    )
+    label_smoothing: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="Label smoothing of the cross-entropy loss (classification and segmentation).",
+    )
+    seed: int = Field(
+        default=0,
+        description="Seed of initialisation, data order and augmentation; same seed and data give the same weights "
+                    "on CPU.",
+    )
+    num_threads: int = Field(default=2, ge=1, description="torch threads used for training.")
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        default="cpu",
+        description="`cpu`, `cuda` (an error when no CUDA device is available) or `auto` (CUDA when available).",
+    )
+    augment: AugmentSpec = Field(
+        default_factory=AugmentSpec,
+        description="Augmentations, applied to training images only.",
+    )
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra arguments for the model constructor (e.g. `size` for detection models, `depth` and "
+                    "`width` for the segmentation `unet`).",
+    )
 
 
 class GateRule(_Base):
@@ -256,8 +336,15 @@ def parse_rule(text: str, task: str | None = None) -> GateRule:
 class ChampionSpec(_Base):
     """The challenger must beat or tie the champion on each metric, within ``tolerance``."""
 
-    metrics: list[str] = Field(default_factory=lambda: ["f1"])
-    tolerance: float = Field(default=0.0, ge=0)
+    metrics: list[str] = Field(
+        default_factory=lambda: ["f1"],
+        description="Metrics on which the challenger must beat or tie the champion, both measured on the same frozen"
+                    " test split.",
+    )
+    tolerance: float = Field(
+        default=0.0, ge=0,
+        description="How much worse than the champion a challenger may be on each metric and still pass.",
+    )
 
     @field_validator("metrics")
     @classmethod
@@ -270,8 +357,15 @@ class ChampionSpec(_Base):
 
 
 class GatesSpec(_Base):
-    rules: list[str] = Field(default_factory=lambda: ["f1 >= 0.92", "ece <= 0.03", "latency_p95_ms <= 25"])
-    champion: ChampionSpec = Field(default_factory=ChampionSpec)
+    rules: list[str] = Field(
+        default_factory=lambda: ["f1 >= 0.92", "ece <= 0.03", "latency_p95_ms <= 25"],
+        description="Absolute rules `metric OP number` (OP one of `>=`, `<=`, `>`, `<`, `==`), e.g. `f1 >= 0.92`, "
+                    "`latency_p95_ms <= 25`, `recall[cat] >= 0.8`; a metric that was not measured fails its rule.",
+    )
+    champion: ChampionSpec = Field(
+        default_factory=ChampionSpec,
+        description="Rules relative to the current champion.",
+    )
     require_approval: bool = Field(
         default=False,
         description="A challenger that passes the gate waits for a reviewer (`conveyor approve` / `conveyor reject`) "
@@ -310,10 +404,17 @@ class RolloutAlerts(_Base):
 
 
 class DeploySpec(_Base):
-    strategy: Literal["replace", "shadow", "canary", "blue_green"] = "replace"
+    strategy: Literal["replace", "shadow", "canary", "blue_green"] = Field(
+        default="replace",
+        description="`replace` moves the champion alias at once; `shadow`, `canary` and `blue_green` start a rollout"
+                    " that promotes or rolls back on live metrics.",
+    )
     traffic: float = Field(default=1.0, gt=0, le=1, description="Share of traffic for the challenger (canary).")
     duration: str = Field(default="1h", description="How long a shadow or canary phase lasts, e.g. 30m, 1h.")
-    alerts: RolloutAlerts = Field(default_factory=RolloutAlerts)
+    alerts: RolloutAlerts = Field(
+        default_factory=RolloutAlerts,
+        description="Limits on the challenger's live metrics during a rollout.",
+    )
     sticky_header: str | None = Field(
         default="X-Request-Key", pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
         description="Canary: requests with the same value of this header go to the same model; None: random.")
@@ -348,8 +449,13 @@ DRIFT_FEATURES: dict[str, str] = {**IMAGE_FEATURES, **PREDICTION_FEATURES}
 
 
 class ScheduleTrigger(_Base):
-    cron: str
-    timezone: str = "UTC"
+    cron: str = Field(
+        description="Five-field cron expression (minute hour day month weekday) of the cycle deployment's schedule.",
+    )
+    timezone: str = Field(
+        default="UTC",
+        description="IANA time zone the cron expression is read in, e.g. `UTC`, `Europe/Berlin`.",
+    )
 
     @field_validator("cron")
     @classmethod
@@ -385,7 +491,10 @@ def _duration(v: str) -> str:
 
 
 class DriftTrigger(_Base):
-    features: list[str] = Field(default_factory=lambda: ["brightness", "contrast"], min_length=1)
+    features: list[str] = Field(
+        default_factory=lambda: ["brightness", "contrast"], min_length=1,
+        description="Image and prediction features to test for drift (see the monitoring page for the list).",
+    )
     window: str = Field(default="7d", description="Rolling window of incoming batches compared with the baseline.")
     test: Literal["ks", "hellinger"] = Field(
         default="ks", description="Statistical test on numeric features (categorical ones use chi-square).")
@@ -413,10 +522,17 @@ class DriftTrigger(_Base):
 
 
 class PerformanceTrigger(_Base):
-    metric: Literal["f1", "precision", "recall", "accuracy"] = "f1"
-    below: float = Field(gt=0, le=1)
-    window: str = "7d"
-    min_samples: int = Field(default=50, ge=1)
+    metric: Literal["f1", "precision", "recall", "accuracy"] = Field(
+        default="f1",
+        description="Rolling metric over the feedback window: `f1`, `precision`, `recall` (macro over the classes "
+                    "present) or `accuracy`.",
+    )
+    below: float = Field(gt=0, le=1, description="The trigger fires when the rolling metric is below this value.")
+    window: str = Field(default="7d", description="Rolling window of feedback rows, e.g. `7d`.")
+    min_samples: int = Field(
+        default=50, ge=1,
+        description="Fewer feedback rows than this in the window is reported as not enough data, never as a pass.",
+    )
     feedback: str = Field(
         default="feedback.csv",
         description="Ground truth arriving for a sample of predictions: a CSV/Parquet/JSONL table the user appends "
@@ -427,9 +543,20 @@ class PerformanceTrigger(_Base):
 
 
 class TriggersSpec(_Base):
-    schedule: ScheduleTrigger | None = None
-    drift: DriftTrigger | None = None
-    performance: PerformanceTrigger | None = None
+    schedule: ScheduleTrigger | None = Field(
+        default=None,
+        description="Start cycles on a cron schedule; none by default.",
+    )
+    drift: DriftTrigger | None = Field(
+        default=None,
+        description="Start a cycle when incoming images or predictions drift from the champion's baseline; off by "
+                    "default.",
+    )
+    performance: PerformanceTrigger | None = Field(
+        default=None,
+        description="Start a cycle when the rolling metric on production feedback falls below a target; off by "
+                    "default.",
+    )
     webhook: bool = Field(default=False, description="Accept signed webhook calls (`conveyor webhook`).")
     cooldown: str = Field(
         default="6h", description="A fired trigger starts no cycle while one runs or within this long of the last "
@@ -477,7 +604,10 @@ class HardCaseMix(_Base):
 class FeedbackLabelsSpec(_Base):
     """Production feedback (true labels for served predictions) as training data of the next cycle."""
 
-    enabled: bool = True
+    enabled: bool = Field(
+        default=True,
+        description="Use production feedback (true labels for served predictions) in the next cycle.",
+    )
     source: str | None = Field(
         default=None, description="The feedback table (timestamp, label, prediction_id); default: "
                                   "triggers.performance.feedback, else feedback.csv beside the spec.")
@@ -503,9 +633,15 @@ class LabelingSpec(_Base):
         default=0.98, gt=0, le=1,
         description="Images the champion labels with at least this confidence get a machine label (training "
                     "only, never val/test); None: no auto-labels.")
-    uncertainty: Literal["least_confidence", "margin", "entropy"] = "margin"
+    uncertainty: Literal["least_confidence", "margin", "entropy"] = Field(
+        default="margin",
+        description="How the uncertainty share ranks images: `least_confidence`, `margin` or `entropy`.",
+    )
     budget: int = Field(default=100, ge=0, description="Images sent to human review per cycle.")
-    mix: HardCaseMix = Field(default_factory=HardCaseMix)
+    mix: HardCaseMix = Field(
+        default_factory=HardCaseMix,
+        description="Shares of the review budget per hard-case strategy.",
+    )
     suspect_confidence: float = Field(
         default=0.9, gt=0, le=1,
         description="A labelled image is a suspected label error when the champion predicts another class with "
@@ -516,22 +652,43 @@ class LabelingSpec(_Base):
     image_url: str | None = Field(
         default=None, description="Prefix for the image URLs in the Label Studio export (e.g. "
                                   "/data/local-files/?d=); default: the local file path.")
-    feedback: FeedbackLabelsSpec = Field(default_factory=FeedbackLabelsSpec)
+    feedback: FeedbackLabelsSpec = Field(
+        default_factory=FeedbackLabelsSpec,
+        description="Production feedback as training data or review candidates.",
+    )
 
 
 class Spec(_Base):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    task: str = Field(description="The task kind (conveyor.kinds.available()).")
-    description: str = ""
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="The pipeline's name: registry entries, workspace folders, Prefect deployments and events are "
+                    "keyed by it.",
+    )
+    task: str = Field(
+        description="The task kind (`classification`, `detection`, `segmentation`, or another registered kind).",
+    )
+    description: str = Field(default="", description="Free text; added to the Prefect deployments' description.")
     workspace: str | None = Field(default=None, description="Where runs write their state; default: ./workspace beside the spec.")
-    data: DataSpec
-    curation: CurationSpec = Field(default_factory=CurationSpec)
-    split: SplitSpec = Field(default_factory=SplitSpec)
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    gates: GatesSpec = Field(default_factory=GatesSpec)
-    deploy: DeploySpec = Field(default_factory=DeploySpec)
-    triggers: TriggersSpec = Field(default_factory=TriggersSpec)
-    labeling: LabelingSpec = Field(default_factory=LabelingSpec)
+    data: DataSpec = Field(description="The labelled source and the checks every image passes.")
+    curation: CurationSpec = Field(default_factory=CurationSpec, description="Duplicates and privacy rules.")
+    split: SplitSpec = Field(default_factory=SplitSpec, description="How images are assigned to train, val and test.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="The model and its training.")
+    gates: GatesSpec = Field(
+        default_factory=GatesSpec,
+        description="What a challenger must reach before it is registered as passing and promoted.",
+    )
+    deploy: DeploySpec = Field(
+        default_factory=DeploySpec,
+        description="How a passing challenger replaces the champion.",
+    )
+    triggers: TriggersSpec = Field(
+        default_factory=TriggersSpec,
+        description="What starts a cycle besides a manual run.",
+    )
+    labeling: LabelingSpec = Field(
+        default_factory=LabelingSpec,
+        description="The label and review loop: auto-labels, the review queue, production images and feedback.",
+    )
 
     # Set by load_spec: the folder relative paths resolve against. Not part of the hash.
     base_dir: str | None = Field(default=None, exclude=True)
