@@ -32,13 +32,16 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "boundary_iou": "higher",
     "iou": "higher",
     "fn_rate": "lower",
+    "defect_recall": "higher",
+    "instance_miss_rate": "lower",
+    "dece": "lower",
     "latency_p50_ms": "lower",
     "latency_p95_ms": "lower",
     "throughput_ips": "higher",
     "model_size_mb": "lower",
     "peak_memory_mb": "lower",
 }
-PER_CLASS_METRICS = {"recall", "precision", "f1", "iou", "fn_rate"}
+PER_CLASS_METRICS = {"recall", "precision", "f1", "iou", "fn_rate", "defect_recall", "instance_miss_rate"}
 
 _RULE_RE = re.compile(
     r"^\s*(?P<metric>[a-z_0-9]+)(?:\[(?P<cls>[^\]]+)\])?\s*(?P<op>>=|<=|==|>|<)\s*(?P<value>[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*$"
