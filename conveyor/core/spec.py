@@ -187,10 +187,18 @@ def parse_rule(text: str) -> GateRule:
     return GateRule(metric=metric, cls=m["cls"], op=m["op"], threshold=float(m["value"]))
 
 
-class ChampionSpec(_Base):
-    """The challenger must beat or tie the champion on each metric, within ``tolerance``."""
+# Metrics of the serving runtime: timed on a shared machine, so they gate by absolute rules only.
+# A champion comparison on them would let clock noise decide between two models.
+RUNTIME_METRICS = frozenset({"latency_p50_ms", "latency_p95_ms", "throughput_ips", "model_size_mb", "peak_memory_mb"})
 
-    metrics: list[str] = Field(default_factory=lambda: ["f1"])
+
+class ChampionSpec(_Base):
+    """The challenger must beat or tie the champion on each metric, within ``tolerance``.
+
+    ``metrics`` defaults to the quality metrics that ``gates.rules`` name (not the runtime ones).
+    """
+
+    metrics: list[str] = Field(default_factory=list)
     tolerance: float = Field(default=0.0, ge=0)
 
     @field_validator("metrics")
@@ -217,6 +225,18 @@ class GatesSpec(_Base):
         for r in v:
             parse_rule(r)
         return v
+
+    @model_validator(mode="after")
+    def _needs_a_rule(self) -> "GatesSpec":
+        """A gate without an absolute rule would promote anything; the champion comparison
+        defaults to the rules' quality metrics."""
+        rules = self.parsed_rules()
+        if not rules:
+            raise ValueError("gates.rules is empty: give at least one absolute rule (e.g. 'f1 >= 0.9'); "
+                             "a gate with no rule would promote any model")
+        if "metrics" not in self.champion.model_fields_set:
+            self.champion.metrics = list(dict.fromkeys(r.key for r in rules if r.metric not in RUNTIME_METRICS))
+        return self
 
     def parsed_rules(self) -> list[GateRule]:
         return [parse_rule(r) for r in self.rules]
