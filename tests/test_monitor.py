@@ -355,3 +355,79 @@ def test_trigger_settings_are_validated_with_clear_errors(tmp_path):
                "cooldown": "30m", "monitor_every": "15m"})
     assert ok.triggers.drift.test == "hellinger" and ok.triggers.cooldown == "30m"
     assert yaml.safe_load(ok.resolved_yaml())["triggers"]["monitor_every"] == "15m"
+
+
+# ---- drift windows leave out the champion's own training data ------------------------------------
+def _lit(manifest: Path, factor: float) -> pl.DataFrame:
+    """A manifest's image rows with brightness scaled as a lamp change would (clipped at 1)."""
+    df = pl.read_parquet(manifest)
+    return df.with_columns((pl.col("brightness") * factor).clip(0.0, 1.0))
+
+
+def test_the_drift_window_compares_only_images_that_arrived_after_the_champions_data(digits, tmp_path):
+    """Training images, new images like them, then a brighter batch: with the training images in
+    the window the shift is diluted; without them it is measured on the arrivals alone."""
+    tmp = digits["tmp"]
+    train = pl.read_parquet(ingest(digits_spec(demo.write_production_sample(tmp_path / "t", 180, seed=11), tmp),
+                                   tmp_path / "dt").manifest_path)
+    same = pl.read_parquet(ingest(digits_spec(demo.write_production_sample(tmp_path / "s", 180, seed=12), tmp),
+                                  tmp_path / "ds").manifest_path)
+    bright = _lit(ingest(digits_spec(demo.write_production_sample(tmp_path / "b", 180, seed=13), tmp),
+                         tmp_path / "db").manifest_path, 1.5)
+    profiles.write_baseline(tmp_path / "v1", train, None)
+    base = {"images": profiles.read_baseline(tmp_path / "v1", "images")}
+    store = profiles.ProfileStore(tmp_path / "profiles")
+    for k, df in enumerate((train, same, bright)):
+        store.write_batch("images", profiles.image_table(df), at=NOW - timedelta(hours=3 - k),
+                          keys=df["content_hash"])
+    cfg = digits["spec"].triggers.drift.model_copy(update={"features": ["brightness"], "per_camera": False})
+
+    diluted = drift.evaluate_drift(cfg, store, base, NOW)
+    honest = drift.evaluate_drift(cfg, store, base, NOW, exclude=frozenset(train["content_hash"].to_list()))
+    d, h = diluted.features[0], honest.features[0]
+    assert diluted.rows == {"images": 540} and honest.rows == {"images": 360}
+    expected = float(pl.concat([same, bright])["brightness"].mean()) / float(train["brightness"].mean()) - 1
+    assert h.relative_change == pytest.approx(expected, rel=0.05)
+    assert h.relative_change > d.relative_change + 0.04
+    assert honest.fired
+    print(f"window with the training images {d.relative_change:+.1%}, arrivals only {h.relative_change:+.1%}")
+
+
+def test_the_monitor_leaves_out_the_registered_champions_images(digits, tmp_path):
+    """Through the monitor: the champion's registered split names the images it was trained on."""
+    from conveyor.release.registry import Registry
+
+    tmp = digits["tmp"]
+    train = pl.read_parquet(ingest(digits_spec(demo.write_production_sample(tmp_path / "t", 200, seed=31), tmp),
+                                   tmp_path / "dt").manifest_path)
+    ws = Workspace(tmp_path / "ws")
+    vdir = tmp_path / "v1"
+    train.select("content_hash").write_parquet(tmp_path / "split.parquet")
+    files = {"split.parquet": str(tmp_path / "split.parquet")}
+    files.update(profiles.write_baseline(vdir, train, None))
+    reg = Registry(ws.registry)
+    reg.set_alias("digits", reg.register("digits", files=files, model_hash="h1", metrics={}, lineage={}, gate={}).version,
+                  reason="test")
+    assert monitor.champion_images(ws, "digits") == frozenset(train["content_hash"].to_list())
+    store = monitor.profile_store(ws, "digits")
+    store.write_batch("images", profiles.image_table(train), at=NOW - timedelta(hours=2), keys=train["content_hash"])
+    spec = digits_spec(tmp / "train" / "manifest.csv", tmp_path)
+    rep = monitor.evaluate_triggers(spec, ws, NOW)  # only the training images arrived: nothing to compare
+    assert rep.drift.rows["images"] == 0 and rep.drift.status == drift.NOT_ENOUGH_DATA
+
+
+def test_a_quarter_brighter_batch_after_training_fires_with_at_least_20_percent(digits, tmp_path):
+    tmp = digits["tmp"]
+    train = pl.read_parquet(ingest(digits_spec(demo.write_production_sample(tmp_path / "t", 180, seed=21), tmp),
+                                   tmp_path / "dt").manifest_path)
+    lamp = _lit(ingest(digits_spec(demo.write_production_sample(tmp_path / "l", 180, seed=22), tmp),
+                       tmp_path / "dl").manifest_path, 1.25)
+    profiles.write_baseline(tmp_path / "v1", train, None)
+    store = profiles.ProfileStore(tmp_path / "profiles")
+    store.write_batch("images", profiles.image_table(train), at=NOW - timedelta(hours=2), keys=train["content_hash"])
+    store.write_batch("images", profiles.image_table(lamp), at=NOW - timedelta(hours=1), keys=lamp["content_hash"])
+    cfg = digits["spec"].triggers.drift.model_copy(update={"features": ["brightness"], "per_camera": False})
+    rep = drift.evaluate_drift(cfg, store, {"images": profiles.read_baseline(tmp_path / "v1", "images")}, NOW,
+                               exclude=frozenset(train["content_hash"].to_list()))
+    assert rep.fired and rep.features[0].relative_change >= 0.20
+    print(f"1.25x brightness batch: relative change {rep.features[0].relative_change:+.1%}")

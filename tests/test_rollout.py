@@ -151,26 +151,51 @@ def test_shadow_disagreement_above_the_limit_rolls_back(tmp_path):
     assert reg.alias("toy") == 1 and reg.rollouts("toy")[0]["outcome"] == "rolled_back"
 
 
-def test_not_enough_traffic_rolls_back_at_the_end(tmp_path):
-    spec = make_spec(tmp_path)
+def test_not_enough_traffic_extends_the_rollout_then_rolls_back_for_lack_of_evidence(tmp_path):
+    spec = make_spec(tmp_path)  # duration 1h; max_duration defaults to three times that
     ws, reg = setup_registry(tmp_path)
-    start_rollout(spec, ws, 2, now=T0)
+    st = start_rollout(spec, ws, 2, now=T0)
+    assert datetime.fromisoformat(st.deadline) == T0 + timedelta(hours=3)
     write_log(ws, answers(100, "champion", 1) + answers(5, "challenger", 2, errors=2))  # 40% errors, but 5 answers
     mid = check_rollout(spec, ws, now=T0 + timedelta(minutes=10))
     assert mid.decision.action == "continue" and "5 of 20" in mid.decision.reason
     assert {c.alert: c.status for c in mid.decision.checks}["max_error_rate"] == "pending"
+    # the window is over but the challenger was never judged: extended, not promoted
     end = check_rollout(spec, ws, now=T0 + timedelta(hours=1))
-    assert end.decision.action == "rollback"
-    assert "challenger answered 5 requests < min_requests 20: not enough traffic" in end.decision.reason
-    assert reg.alias("toy") == 1 and "min_requests" in reg.rollouts("toy")[0]["reason"]
+    assert end.decision.action == "continue" and end.decision.reason.startswith("extended until")
+    assert "challenger answered 5 requests < min_requests 20" in end.decision.reason and reg.alias("toy") == 1
+    late = check_rollout(spec, ws, now=T0 + timedelta(hours=3))
+    assert late.decision.action == "rollback" and late.decision.reason.startswith("not enough evidence")
+    assert reg.alias("toy") == 1 and "not enough evidence" in reg.rollouts("toy")[0]["reason"]
+
+
+def test_an_alert_that_cannot_be_judged_blocks_promotion(tmp_path):
+    """Enough answers, but the feedback precision alert has too little labelled feedback: the
+    rollout does not promote on missing evidence."""
+    spec = make_spec(tmp_path, alerts={"min_feedback_precision": 0.8}, max_duration="2h")
+    ws, reg = setup_registry(tmp_path)
+    start_rollout(spec, ws, 2, now=T0)
+    write_log(ws, answers(200, "champion", 1) + answers(50, "challenger", 2))
+    end = check_rollout(spec, ws, now=T0 + timedelta(hours=1, seconds=1))
+    checks = {c.alert: c.status for c in end.decision.checks}
+    assert checks["min_feedback_precision"] == "not_judged" and checks["max_error_rate"] == "ok"
+    assert end.decision.action == "continue" and reg.alias("toy") == 1
+    final = check_rollout(spec, ws, now=T0 + timedelta(hours=2))
+    assert final.decision.action == "rollback" and "min_feedback_precision: not judged" in final.decision.reason
+    assert reg.alias("toy") == 1
+
+
+def test_max_duration_shorter_than_the_window_is_refused(tmp_path):
+    with pytest.raises(SpecError, match="max_duration"):
+        make_spec(tmp_path, duration="2h", max_duration="1h")
 
 
 # ---- blue_green ------------------------------------------------------------------------------------
-def test_blue_green_promotes_when_the_service_reports_the_challenger_ready(tmp_path):
-    spec = make_spec(tmp_path, strategy="blue_green")
+def test_blue_green_bakes_under_the_alerts_before_it_promotes(tmp_path):
+    spec = make_spec(tmp_path, strategy="blue_green", bake="10m")
     ws, reg = setup_registry(tmp_path)
     st = start_rollout(spec, ws, 2, now=T0)
-    assert st.traffic == 1.0
+    assert st.traffic == 1.0 and st.bake == "10m"
     service = ws.state("toy") / "service.json"
     atomic_write_json(service, {"pid": 1, "host": "127.0.0.1", "port": 8000, "updated_at": T0.isoformat(),
                                 "champion": 1, "challenger": 2, "ready": [1], "strategy": "blue_green",
@@ -178,10 +203,31 @@ def test_blue_green_promotes_when_the_service_reports_the_challenger_ready(tmp_p
     waiting = check_rollout(spec, ws, now=T0 + timedelta(seconds=30))
     assert waiting.decision.action == "continue" and "waiting for the service" in waiting.decision.reason
     atomic_write_json(service, {**json.loads(service.read_text()), "ready": [1, 2]})
+    # ready, but nothing has been served yet: no promotion on readiness alone
     ready = check_rollout(spec, ws, now=T0 + timedelta(seconds=40))
-    assert ready.decision.action == "promote" and reg.alias("toy") == 2
-    assert finished_events(ready)[0] == "conveyor.rollout.promoted"
+    assert ready.decision.action == "continue" and reg.alias("toy") == 1
+    assert {c.alert: c.status for c in ready.decision.checks}["bake"] == "pending"
+    # all traffic on v2 from T0+1m: still baking at T0+5m, promoted after 10 minutes with every alert held
+    write_log(ws, answers(60, "challenger", 2, start=T0 + timedelta(minutes=1)))
+    baking = check_rollout(spec, ws, now=T0 + timedelta(minutes=5))
+    assert baking.decision.action == "continue" and reg.alias("toy") == 1
+    done = check_rollout(spec, ws, now=T0 + timedelta(minutes=11, seconds=1))
+    assert done.decision.action == "promote" and reg.alias("toy") == 2
+    assert {c.alert: c.status for c in done.decision.checks}["max_latency_ratio"] == "off"
+    assert finished_events(done)[0] == "conveyor.rollout.promoted"
     assert json.loads(rollout_path(ws, "toy").read_text())["status"] == "promoted"
+
+
+def test_blue_green_rolls_back_on_an_alert_during_its_bake(tmp_path):
+    spec = make_spec(tmp_path, strategy="blue_green", bake="10m")
+    ws, reg = setup_registry(tmp_path)
+    st = start_rollout(spec, ws, 2, now=T0)
+    atomic_write_json(ws.state("toy") / "service.json", {"updated_at": T0.isoformat(), "ready": [1, 2],
+                                                         "rollout_id": st.rollout_id})
+    write_log(ws, answers(40, "challenger", 2, start=T0 + timedelta(minutes=1), errors=10))
+    check = check_rollout(spec, ws, now=T0 + timedelta(minutes=3))
+    assert check.decision.action == "rollback" and "max_error_rate" in check.decision.reason
+    assert reg.alias("toy") == 1
 
 
 def test_blue_green_rolls_back_when_the_service_never_gets_ready(tmp_path):
@@ -442,10 +488,14 @@ def test_cycle_starts_a_rollout_and_the_monitor_ends_it(prefect_harness, tmp_pat
     mid = monitor_pipeline(spec_path=str(p), workspace=str(ws), start="none",
                            now=(ends - timedelta(minutes=30)).isoformat())
     assert mid["rollout"]["decision"]["action"] == "continue" and reg.running_rollout("toy") is not None
+    # no traffic at all: past the window it is extended, at its deadline rolled back for lack of evidence
+    extended = monitor_pipeline(spec_path=str(p), workspace=str(ws), start="none",
+                                now=(ends + timedelta(seconds=1)).isoformat())
+    assert extended["rollout"]["decision"]["action"] == "continue" and reg.running_rollout("toy") is not None
     done = monitor_pipeline(spec_path=str(p), workspace=str(ws), start="none",
-                            now=(ends + timedelta(seconds=1)).isoformat())
+                            now=(datetime.fromisoformat(ro["deadline"]) + timedelta(seconds=1)).isoformat())
     assert done["rollout"]["state"]["status"] == "rolled_back"
-    assert "not enough traffic" in done["rollout"]["state"]["reason"]
+    assert "not enough evidence" in done["rollout"]["state"]["reason"]
     assert reg.alias("toy") == 1 and reg.rollouts("toy")[0]["outcome"] == "rolled_back"
     assert events.read_log(log)[-1]["event"] == "conveyor.rollout.rolled_back"
 

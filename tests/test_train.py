@@ -16,7 +16,7 @@ from PIL import Image
 
 from conveyor.kinds.classification import model as cls_kind
 from conveyor.core.spec import spec_from_dict
-from conveyor.model.train import TrainResult, load_checkpoint, seed_everything, train
+from conveyor.model.train import load_run_metadata, TrainResult, load_checkpoint, seed_everything, train
 from conveyor.core.io import sha256_file
 
 COLORS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
@@ -108,6 +108,23 @@ def test_same_seed_gives_identical_weights_and_metrics(tmp_path, data):
     assert c.checkpoint_hash != a.checkpoint_hash
 
 
+def test_model_identity_ignores_run_metadata_names_and_paths(tmp_path, data):
+    """The model hash is a function of the weights and the semantic configuration: a run id,
+    trigger, reason, spec name or folder does not change it, and lives in run.json instead."""
+    a_spec = make_spec(tmp_path / "one", epochs=2)
+    b_spec = spec_from_dict({**a_spec.model_dump(mode="json", exclude={"base_dir"}), "name": "renamed",
+                             "data": {"source": str(tmp_path / "elsewhere")}}, base_dir=tmp_path / "two")
+    a = train(a_spec, data, CLASSES, tmp_path / "a", dataset_version="dv",
+              lineage={"run_id": "run-1", "trigger": "manual", "reason": "first"})
+    b = train(b_spec, data, CLASSES, tmp_path / "b", dataset_version="dv",
+              lineage={"run_id": "run-2", "trigger": "drift", "reason": "brightness moved"})
+    assert a.checkpoint_hash == b.checkpoint_hash
+    assert load_run_metadata(a.checkpoint_path)["lineage"]["run_id"] == "run-1"
+    assert load_run_metadata(b.checkpoint_path)["lineage"]["reason"] == "brightness moved"
+    c = train(make_spec(tmp_path / "three", epochs=2, lr=1e-3), data, CLASSES, tmp_path / "c", dataset_version="dv")
+    assert c.checkpoint_hash != a.checkpoint_hash  # the configuration is part of the identity
+
+
 def test_seed_everything_sets_threads_and_determinism():
     before = torch.get_num_threads()
     try:
@@ -155,10 +172,14 @@ def test_checkpoint_describes_itself(trained, data):
     assert meta["task"] == "classification" and meta["model_name"] == "resnet10t"
     assert meta["dataset_version"] == "dv-test"
     assert meta["image_size"] == SIZE and len(meta["mean"]) == 3 and len(meta["std"]) == 3
-    assert meta["lineage"]["note"] == "from the test"
-    assert meta["lineage"]["code_commit"]
-    assert "torch" in meta["lineage"]["packages"]
-    assert meta["resolved_spec"]["train"]["model"] == "resnet10t"
+    assert meta["train_config"]["train"]["model"] == "resnet10t"
+    assert meta["environment"]["packages"]["torch"] and meta["environment"]["python"]
+    run = load_run_metadata(trained.checkpoint_path)  # the run's own record, beside the weights
+    assert run["lineage"]["note"] == "from the test"
+    assert run["lineage"]["code_commit"] == trained.code_commit
+    assert "torch" in run["lineage"]["packages"]
+    assert run["resolved_spec"]["train"]["model"] == "resnet10t"
+    assert run["checkpoint_hash"] == trained.checkpoint_hash
     assert meta["best_epoch"] == trained.best_epoch and meta["history"] == trained.history
     assert "state_dict" not in meta
     # predicts without the spec: from raw uint8 images and the metadata alone

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import subprocess
 import tempfile
 from importlib import metadata
@@ -133,6 +134,27 @@ def package_versions(names: tuple[str, ...] = LINEAGE_PACKAGES) -> dict[str, str
         except metadata.PackageNotFoundError:
             out[n] = "not installed"
     return out
+
+
+# Packages whose versions change training, evaluation or decoding results: part of the cache keys
+# of those stages and of each checkpoint, so an upgrade retrains and re-evaluates.
+RESULT_PACKAGES = (
+    "torch", "torchvision", "timm", "onnx", "onnxruntime", "torchmetrics", "pycocotools", "pillow", "numpy",
+)
+
+
+def environment() -> dict[str, Any]:
+    """What a result depends on besides code and data: those package versions, Python, the platform."""
+    return {
+        "packages": package_versions(RESULT_PACKAGES),
+        "python": platform.python_version(),
+        "platform": f"{platform.system()}-{platform.machine()}",
+    }
+
+
+def environment_hash() -> str:
+    """A short key of :func:`environment`."""
+    return stable_hash(environment())
 
 
 def onnx_session(onnx_path: str | Path, num_threads: int):

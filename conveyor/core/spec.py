@@ -333,13 +333,22 @@ def parse_rule(text: str, task: str | None = None) -> GateRule:
     return GateRule(metric=metric, cls=m["cls"], op=m["op"], threshold=float(m["value"]))
 
 
+# Metrics of the serving runtime: timed on a shared machine, so they gate by absolute rules only.
+# A champion comparison on them would let clock noise decide between two models.
+RUNTIME_METRICS = frozenset(GENERIC_METRICS)
+
+
 class ChampionSpec(_Base):
-    """The challenger must beat or tie the champion on each metric, within ``tolerance``."""
+    """The challenger must beat or tie the champion on each metric, within ``tolerance``.
+
+    ``metrics`` defaults to the quality metrics that ``gates.rules`` name (not the runtime ones).
+    """
 
     metrics: list[str] = Field(
-        default_factory=lambda: ["f1"],
+        default_factory=list,
         description="Metrics on which the challenger must beat or tie the champion, both measured on the same frozen"
-                    " test split.",
+                    " test split; default: the quality metrics the gate rules name (runtime metrics such as latency "
+                    "gate by absolute rules only).",
     )
     tolerance: float = Field(
         default=0.0, ge=0,
@@ -377,6 +386,18 @@ class GatesSpec(_Base):
         for r in v:
             parse_rule(r)
         return v
+
+    @model_validator(mode="after")
+    def _needs_a_rule(self) -> "GatesSpec":
+        """A gate without an absolute rule would promote anything; the champion comparison
+        defaults to the rules' quality metrics."""
+        rules = self.parsed_rules()
+        if not rules:
+            raise ValueError("gates.rules is empty: give at least one absolute rule (e.g. 'f1 >= 0.9'); "
+                             "a gate with no rule would promote any model")
+        if "metrics" not in self.champion.model_fields_set:
+            self.champion.metrics = list(dict.fromkeys(r.key for r in rules if r.metric not in RUNTIME_METRICS))
+        return self
 
     def parsed_rules(self) -> list[GateRule]:
         return [parse_rule(r) for r in self.rules]
@@ -419,17 +440,40 @@ class DeploySpec(_Base):
         default="X-Request-Key", pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
         description="Canary: requests with the same value of this header go to the same model; None: random.")
     check_every: str = Field(default="10s", description="How often a running rollout's live metrics are checked.")
+    max_duration: str | None = Field(
+        default=None,
+        description="How long a rollout may run when its alerts lack the evidence to judge the challenger "
+                    "(too few answers, no latencies or feedback to compare): it is extended past `duration` up to "
+                    "this, then rolled back for not enough evidence. Default: three times `duration`.")
+    bake: str = Field(
+        default="10m",
+        description="blue_green: how long the challenger serves all traffic, under the same alerts, before it "
+                    "is promoted.")
     capture: float = Field(
         default=1.0, ge=0, le=1,
         description="Share of answered requests whose image the service keeps (content-addressed) so that "
                     "feedback and hard cases can reach training; 0: none.")
 
-    @field_validator("duration", "check_every")
+    @field_validator("duration", "check_every", "bake")
     @classmethod
     def _dur(cls, v: str, info) -> str:
         if parse_duration_s(v) <= 0:
             raise ValueError(f"deploy.{info.field_name} {v!r} must be longer than 0")
         return v
+
+    @model_validator(mode="after")
+    def _max_duration(self) -> "DeploySpec":
+        if self.max_duration is not None and parse_duration_s(self.max_duration) < parse_duration_s(self.duration):
+            raise ValueError(f"deploy.max_duration {self.max_duration!r} is shorter than deploy.duration "
+                             f"{self.duration!r}")
+        return self
+
+    @property
+    def max_duration_s(self) -> float:
+        """The longest a rollout runs before it is rolled back for lack of evidence."""
+        if self.max_duration is not None:
+            return parse_duration_s(self.max_duration)
+        return 3 * parse_duration_s(self.duration)
 
 
 # Features the monitor profiles. Image-stream features come from incoming images (ingest and

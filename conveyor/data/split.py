@@ -130,6 +130,13 @@ def frozen_eval_hashes(state_dir: str | Path, exclude_dataset: str | None = None
     return frozenset(st["content_hash"].to_list())
 
 
+def frozen_state_key(state_dir: str | Path, dataset_version: str) -> str:
+    """A key of the frozen assignments a split of ``dataset_version`` starts from: the state rows
+    other dataset versions wrote (this version's own rows are its output, so a rerun keys the same)."""
+    st = load_state(state_dir).filter(pl.col("first_dataset") != dataset_version)
+    return stable_hash(st.sort(st.columns).rows()) if st.height else "empty"
+
+
 def split(
     curated_path: str | Path,
     spec: Spec,

@@ -24,13 +24,18 @@ import torch
 
 from conveyor import kinds
 from conveyor.model import tracking
-from conveyor.core.io import atomic_write_bytes, code_commit, package_versions, sha256_bytes
+from conveyor.core.io import (atomic_write_bytes, atomic_write_json, code_commit, environment, package_versions,
+                              sha256_bytes)
 
 if TYPE_CHECKING:
     from conveyor.core.spec import Spec
 
 CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+# The run that made a checkpoint (lineage, resolved spec, run id, trigger, times, paths) is
+# written beside it: the checkpoint's bytes, and so the model hash, hold only what determines the
+# weights (weights, model configuration, classes, data version, environment, history).
+RUN_METADATA_NAME = "run.json"
+CHECKPOINT_FORMAT = 2
 
 
 def seed_everything(seed: int, num_threads: int) -> None:
@@ -61,9 +66,14 @@ class TrainResult:
     best_epoch: int
     train_seconds: float
     history: list[dict] = field(default_factory=list)
+    # Where the weights were made: package versions, Python and platform (also inside the checkpoint)
+    # and the code commit at training time; a cached result keeps the values of the original run.
+    environment: dict = field(default_factory=dict)
+    code_commit: str = ""
+    run_metadata_path: str = ""
     # The experiment-tracking run (conveyor.model.tracking): mode, run_id, project, name, run_dir (offline), url
     # (online); None when tracking is disabled or unavailable. Not part of the checkpoint: its bytes stay
-    # a function of the spec, data and lineage alone.
+    # a function of the weights and the semantic configuration alone.
     tracking: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -256,9 +266,11 @@ def _train(spec: Spec, split_path: str | Path, classes: list[str], out_dir: str 
         bar.close()
     assert best_state is not None
 
+    env = environment()
     lineage = dict(lineage or {})
     lineage.setdefault("code_commit", code_commit())
-    lineage.setdefault("packages", package_versions())
+    lineage["packages"] = {**package_versions(), **env["packages"]}
+    lineage["environment"] = env
     lineage.setdefault("seed", tspec.seed)
     lineage.setdefault("spec_hash", spec.spec_hash)
     lineage.setdefault("device", device.type)
@@ -274,9 +286,10 @@ def _train(spec: Spec, split_path: str | Path, classes: list[str], out_dir: str 
         "image_size": tspec.image_size,
         "mean": mean,
         "std": std,
-        "resolved_spec": _plain(spec.resolved_dict()),
+        # the semantic configuration: what the weights depend on, without names, paths or run ids
+        "train_config": _plain({"task": spec.task, "train": spec.model_dump(mode="json")["train"]}),
         "dataset_version": dataset_version,
-        "lineage": _plain(lineage),
+        "environment": _plain(env),
         "history": _plain(history),
         "best_epoch": best_epoch,
         "selection_metric": f"val_{adapter.PRIMARY_METRIC}" if len(val_set) else "last_epoch",
@@ -289,6 +302,9 @@ def _train(spec: Spec, split_path: str | Path, classes: list[str], out_dir: str 
     ckpt_path = atomic_write_bytes(out_dir / CHECKPOINT_NAME, data)
     checkpoint_hash = sha256_bytes(data)
     train_seconds = round(time.perf_counter() - t_start, 3)
+    run_path = atomic_write_json(out_dir / RUN_METADATA_NAME, _plain({
+        "checkpoint_hash": checkpoint_hash, "lineage": lineage, "resolved_spec": spec.resolved_dict(),
+        "train_seconds": train_seconds}))
     best = next(r for r in history if r["epoch"] == best_epoch)
     run.summary({**{f"best_{k}": v for k, v in best.items() if k != "epoch"}, "best_epoch": best_epoch,
                  "epochs": tspec.epochs, "train_seconds": train_seconds,
@@ -304,7 +320,17 @@ def _train(spec: Spec, split_path: str | Path, classes: list[str], out_dir: str 
         best_epoch=best_epoch,
         train_seconds=train_seconds,
         history=copy.deepcopy(checkpoint["history"]),
+        environment=copy.deepcopy(checkpoint["environment"]),
+        code_commit=str(lineage["code_commit"]),
+        run_metadata_path=str(run_path),
     )
+
+
+def load_run_metadata(checkpoint_path: str | Path) -> dict[str, Any]:
+    """The run that made a checkpoint (``run.json`` beside it): lineage, resolved spec, train time.
+    Empty when the file is gone (a checkpoint alone still describes the model)."""
+    p = Path(checkpoint_path).with_name(RUN_METADATA_NAME)
+    return json.loads(p.read_text()) if p.is_file() else {}
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:

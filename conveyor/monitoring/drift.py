@@ -188,15 +188,20 @@ def _feature(cfg: DriftTrigger, feature: str, win: Any, base: Any, alpha: float,
 
 
 def evaluate_drift(cfg: DriftTrigger, store: profiles.ProfileStore, baselines: dict[str, profiles.Baseline | None],
-                   now: datetime, baseline_version: int | None = None) -> DriftReport:
+                   now: datetime, baseline_version: int | None = None,
+                   exclude: frozenset[str] | None = None) -> DriftReport:
     """Test every configured feature (overall, then per camera) and say whether the trigger fires.
+
+    ``exclude`` (content hashes of the champion's training images) keeps the images window to
+    what arrived after the champion's data: its own training images would dilute any shift.
 
     Each camera's window is compared with that camera's own baseline, since cameras differ in
     tint, gain and framing by design; a camera absent from the training data is compared with the
     overall baseline and flagged as new."""
     since = now - timedelta(seconds=parse_duration_s(cfg.window))
     streams = sorted({stream_of(f) for f in cfg.features})
-    windows = {s: store.window(s, since, now, cameras=cfg.per_camera) for s in streams}
+    windows = {s: store.window(s, since, now, cameras=cfg.per_camera, exclude=exclude if s == "images" else None)
+               for s in streams}
     report = DriftReport(NO_DRIFT, False, cfg.window, since.isoformat(), now.isoformat(),
                          {s: len(w.batches) for s, w in windows.items()}, {s: w.rows for s, w in windows.items()},
                          baseline_version)

@@ -77,7 +77,8 @@ def observe_manifest(spec: Spec, ws: Workspace, manifest_path: str | Path, *, at
         new = new.unique("content_hash", keep="first", maintain_order=True)
         if new.height == 0:
             return None
-        batch = profile_store(ws, spec.name).write_batch("images", profiles.image_table(new), at=at, source=source)
+        batch = profile_store(ws, spec.name).write_batch("images", profiles.image_table(new), at=at, source=source,
+                                                         keys=new["content_hash"])
         write_parquet_atomic(pl.concat([seen, new.select("content_hash")]), seen_path)
         return batch
 
@@ -135,6 +136,21 @@ def champion_baselines(ws: Workspace, name: str) -> tuple[int | None, dict[str, 
     return champ, {s: profiles.read_baseline(v.artifact_dir, s) for s in profiles.STREAMS}
 
 
+def champion_images(ws: Workspace, name: str) -> frozenset[str] | None:
+    """Content hashes of the images of the dataset the champion was trained on (its registered
+    split, all splits); None without a champion or for a version registered without its split."""
+    from conveyor.release.registry import Registry
+
+    reg = Registry(ws.registry)
+    champ = reg.alias(name)
+    if champ is None:
+        return None
+    split = Path(reg.get(name, champ).artifact_dir) / "split.parquet"
+    if not split.is_file():
+        return None
+    return frozenset(pl.read_parquet(split, columns=["content_hash"])["content_hash"].to_list())
+
+
 # ---- evaluating the triggers ----------------------------------------------------------------------
 @dataclass
 class MonitorReport:
@@ -164,7 +180,8 @@ def evaluate_triggers(spec: Spec, ws: Workspace, now: datetime | None = None) ->
     rep = MonitorReport(spec.name, now.isoformat(), champ)
 
     if trig.drift is not None:
-        d = drift_mod.evaluate_drift(trig.drift, profile_store(ws, spec.name), baselines, now, champ)
+        d = drift_mod.evaluate_drift(trig.drift, profile_store(ws, spec.name), baselines, now, champ,
+                                     exclude=champion_images(ws, spec.name))
         rep.drift = d
         rep.triggers["drift"] = {"status": d.status, "fired": d.fired, "reason": d.reason}
     else:

@@ -47,6 +47,7 @@ BASELINE_DIR = "baseline"
 BASELINE_INDEX = "index.json"
 BATCH_META = "batch.json"
 OVERALL = "overall.bin"  # each batch: one profile of all its rows, and one per camera
+BATCH_KEYS = "keys.parquet"  # each image batch: the content hashes of its images
 
 _IMAGE_NUMERIC = [f for f, kind in IMAGE_FEATURES.items() if kind == "numeric"]
 _PREDICTION_NUMERIC = [f for f, kind in PREDICTION_FEATURES.items() if kind == "numeric"]
@@ -145,7 +146,14 @@ class Batch:
     source: str
     cameras: dict[str, int] = field(default_factory=dict)  # camera -> rows
     files: dict[str, str] = field(default_factory=dict)  # camera -> profile file name
+    keyed: bool = False  # the batch lists its images' content hashes (BATCH_KEYS)
     path: str = ""
+
+    def keys(self) -> frozenset[str]:
+        """The content hashes of the batch's images (empty for a batch written without them)."""
+        if not self.keyed:
+            return frozenset()
+        return frozenset(pl.read_parquet(Path(self.path) / BATCH_KEYS, columns=["content_hash"])["content_hash"].to_list())
 
     @property
     def time(self) -> datetime:
@@ -167,6 +175,8 @@ class Window:
     rows: int
     cameras: dict[str, Any]  # camera -> merged DatasetProfileView
     camera_rows: dict[str, int]
+    # batches left out because they hold (or came before) the images the champion was trained on
+    excluded: list[Batch] = field(default_factory=list)
 
 
 def _slug(camera: str) -> str:
@@ -186,8 +196,11 @@ class ProfileStore:
         return self.root / stream
 
     def write_batch(self, stream: str, table: pl.DataFrame, *, at: datetime | None = None, source: str = "",
-                    batch_id: str | None = None) -> Batch | None:
-        """Profile a table (one profile per camera) and publish it as one batch; None when empty."""
+                    batch_id: str | None = None, keys: pl.Series | list[str] | None = None) -> Batch | None:
+        """Profile a table (one profile per camera) and publish it as one batch; None when empty.
+
+        ``keys``, the content hash of each row's image, lets a drift window leave out the images a
+        champion was trained on (see :meth:`window`)."""
         if table.height == 0:
             return None
         at = as_utc(at or utcnow())
@@ -208,7 +221,9 @@ class ProfileStore:
                 write_view(profile_view(part), tmp / fname)
                 cameras[camera] = part.height
                 files[camera] = fname
-            batch = Batch(stream, batch_id, at.isoformat(), table.height, source, cameras, files)
+            if keys is not None:
+                pl.DataFrame({"content_hash": pl.Series(list(keys), dtype=pl.String)}).write_parquet(tmp / BATCH_KEYS)
+            batch = Batch(stream, batch_id, at.isoformat(), table.height, source, cameras, files, keys is not None)
             atomic_write_json(tmp / BATCH_META, batch.to_dict())
             os.replace(tmp, final)
         except BaseException:
@@ -242,10 +257,20 @@ class ProfileStore:
                     out.append(b)
         return sorted(out, key=lambda b: b.at)
 
-    def window(self, stream: str, since: datetime, until: datetime, cameras: bool = True) -> Window:
+    def window(self, stream: str, since: datetime, until: datetime, cameras: bool = True,
+               exclude: frozenset[str] | None = None) -> Window:
         """Merge the batches in the window: overall, and per camera unless ``cameras`` is False
-        (then only each batch's overall profile is read, a tenth of the files with ten cameras)."""
+        (then only each batch's overall profile is read, a tenth of the files with ten cameras).
+
+        ``exclude`` is the content hashes of the images the champion was trained on: the window
+        then holds only the batches that arrived after the last batch holding any of them, so the
+        champion's own training data never dilutes the comparison with its baseline."""
         batches = self.batches(stream, since, until)
+        excluded: list[Batch] = []
+        if exclude:
+            last = max((i for i, b in enumerate(batches) if b.keys() & exclude), default=None)
+            if last is not None:
+                excluded, batches = batches[: last + 1], batches[last + 1 :]
         cams: dict[str, Any] = {}
         cam_rows: dict[str, int] = {}
         overall = None
@@ -261,7 +286,7 @@ class ProfileStore:
         if cameras:
             overall = merge_views(cams.values())
         return Window(stream, as_utc(since), as_utc(until), batches, overall, sum(b.rows for b in batches),
-                      cams, cam_rows)
+                      cams, cam_rows, excluded)
 
 
 def merge_views(views: Iterable[Any]):

@@ -80,7 +80,11 @@ def evaluate_gate(
     not produce fails its rule: a missing number is never a pass.
     """
     outcomes: list[RuleOutcome] = []
-    for rule in spec.gates.parsed_rules():
+    rules = spec.gates.parsed_rules()
+    if not rules:  # the spec refuses this; a spec built around the validation must not promote either
+        return GateDecision(False, "reject", [], champion_version,
+                            "no absolute gate rule: a gate with no rule promotes nothing")
+    for rule in rules:
         value = _value(challenger, rule.key)
         if value is None:
             outcomes.append(RuleOutcome(str(rule), "absolute", rule.key, rule.op, rule.threshold, None, False,

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from conveyor.monitoring import feedback
-from conveyor.core.spec import RolloutAlerts, Spec
+from conveyor.core.spec import RolloutAlerts, Spec, parse_duration_s
 from conveyor.core.timeutil import as_utc, utcnow
 from conveyor.core.workspace import Workspace
 
@@ -219,65 +219,35 @@ def _limit(name: str, value: float | None, threshold: float | None, judged: bool
     return AlertCheck(name, value, threshold, "breach" if bad else "ok", text)
 
 
-def decide(state: "RolloutState", metrics: LiveMetrics, alerts: RolloutAlerts, now: datetime | None = None) -> RolloutDecision:
-    """Continue, promote or roll back a running rollout, with one reason per alert.
-
-    A breach rolls back at once; alerts are judged once the challenger has ``min_requests`` answers.
-    At the end of the window the rollout is promoted when every judged alert holds and the
-    challenger answered at least ``min_requests`` times (fewer: rolled back, not enough traffic).
-    blue_green is promoted as soon as the service reports the challenger ready, and rolled back when
-    it does not within the window."""
-    now = as_utc(now or utcnow())
-    if state.status != "running":
-        raise ValueError(f"rollout {state.rollout_id} is not running (status {state.status})")
-    due = now >= as_utc(state.ends_at)
-    at = now.isoformat()
+def _alert_checks(state: "RolloutState", metrics: LiveMetrics, alerts: RolloutAlerts) -> tuple[list[AlertCheck], int, bool]:
+    """Every alert of the rollout, judged once the challenger has ``min_requests`` answers."""
     champ, chall = metrics.champion, metrics.challenger
-
-    if metrics.registry_champion is not None and metrics.registry_champion != state.champion:
-        check = AlertCheck("champion", metrics.registry_champion, state.champion, "breach",
-                           f"the champion alias moved from v{state.champion} to v{metrics.registry_champion} during "
-                           f"the rollout: the challenger was not compared with the champion now serving")
-        return RolloutDecision("rollback", check.reason, at, due, [check])
-
-    if state.strategy == "blue_green":
-        svc = metrics.service
-        if metrics.service_ready:
-            check = AlertCheck("service_ready", 1, 1, "ok", f"the service reports v{state.challenger} loaded and warmed "
-                                                            f"(service.json updated {svc.get('updated_at') if svc else '?'})")
-            return RolloutDecision("promote", f"blue_green: {check.reason}; switching all traffic to "
-                                              f"v{state.challenger}", at, due, [check])
-        seen = "no service.json" if svc is None else f"service.json lists ready {svc.get('ready')}" + (
-            f" for rollout {svc.get('rollout_id')}" if svc.get("rollout_id") not in (None, state.rollout_id) else "")
-        if due:
-            check = AlertCheck("service_ready", 0, 1, "breach", f"the service did not report v{state.challenger} ready "
-                                                                f"before {state.ends_at} ({seen})")
-            return RolloutDecision("rollback", check.reason, at, due, [check])
-        check = AlertCheck("service_ready", 0, 1, "pending", f"waiting for the service to report v{state.challenger} "
-                                                             f"ready until {state.ends_at} ({seen})")
-        return RolloutDecision("continue", check.reason, at, due, [check])
-
     n = chall.requests
     judged = n >= alerts.min_requests
-    checks = [AlertCheck("min_requests", n, alerts.min_requests,
-                         "ok" if judged else ("breach" if due else "pending"),
+    checks = [AlertCheck("min_requests", n, alerts.min_requests, "ok" if judged else "pending",
                          f"challenger answered {n} requests " + (">=" if judged else "<") +
-                         f" min_requests {alerts.min_requests}" +
-                         ("" if judged or not due else ": not enough traffic to judge the challenger"))]
+                         f" min_requests {alerts.min_requests}")]
     checks.append(_limit("max_error_rate", chall.error_rate, alerts.max_error_rate, judged, True,
                          f"challenger error rate ({chall.errors} of {n})", "the challenger has not answered yet"))
     checks.append(_limit("max_latency_p95_ms", chall.latency_p95_ms, alerts.max_latency_p95_ms, judged, True,
                          "challenger p95 latency (ms)", "no challenger latencies logged"))
-    ratio = (chall.latency_p95_ms / champ.latency_p95_ms
-             if chall.latency_p95_ms is not None and champ.latency_p95_ms else None)
-    checks.append(_limit("max_latency_ratio", ratio, alerts.max_latency_ratio, judged, True,
-                         f"p95 latency ratio challenger/champion ({_f(chall.latency_p95_ms)} / "
-                         f"{_f(champ.latency_p95_ms)} ms)", "no champion or challenger latencies to compare"))
-    drop = (champ.mean_confidence - chall.mean_confidence
-            if champ.mean_confidence is not None and chall.mean_confidence is not None else None)
-    checks.append(_limit("max_confidence_drop", drop, alerts.max_confidence_drop, judged, True,
-                         f"confidence drop (champion {_f(champ.mean_confidence)} - challenger "
-                         f"{_f(chall.mean_confidence)})", "no champion or challenger confidences to compare"))
+    if state.strategy == "blue_green" and champ.requests == 0:
+        # after the switch the champion serves nothing: there is no live figure to compare with
+        for name, limit in (("max_latency_ratio", alerts.max_latency_ratio),
+                            ("max_confidence_drop", alerts.max_confidence_drop)):
+            checks.append(AlertCheck(name, None, limit, "off",
+                                     f"{name}: blue_green, no champion answers in the window to compare with"))
+    else:
+        ratio = (chall.latency_p95_ms / champ.latency_p95_ms
+                 if chall.latency_p95_ms is not None and champ.latency_p95_ms else None)
+        checks.append(_limit("max_latency_ratio", ratio, alerts.max_latency_ratio, judged, True,
+                             f"p95 latency ratio challenger/champion ({_f(chall.latency_p95_ms)} / "
+                             f"{_f(champ.latency_p95_ms)} ms)", "no champion or challenger latencies to compare"))
+        drop = (champ.mean_confidence - chall.mean_confidence
+                if champ.mean_confidence is not None and chall.mean_confidence is not None else None)
+        checks.append(_limit("max_confidence_drop", drop, alerts.max_confidence_drop, judged, True,
+                             f"confidence drop (champion {_f(champ.mean_confidence)} - challenger "
+                             f"{_f(chall.mean_confidence)})", "no champion or challenger confidences to compare"))
     if state.strategy == "shadow":
         checks.append(_limit("max_disagreement", metrics.disagreement, alerts.max_disagreement, judged, True,
                              f"shadow disagreement ({metrics.compared} requests compared)",
@@ -297,12 +267,75 @@ def decide(state: "RolloutState", metrics: LiveMetrics, alerts: RolloutAlerts, n
         checks.append(_limit("min_feedback_precision", metrics.feedback_precision, alerts.min_feedback_precision,
                              True, False, f"challenger feedback precision ({metrics.feedback_labelled} labelled)",
                              "no labelled feedback"))
+    return checks, n, judged
 
+
+def decide(state: "RolloutState", metrics: LiveMetrics, alerts: RolloutAlerts, now: datetime | None = None) -> RolloutDecision:
+    """Continue, promote or roll back a running rollout, with one reason per alert.
+
+    A breach rolls back at once; alerts are judged once the challenger has ``min_requests`` answers.
+    The rollout is promoted only on evidence: at the end of its window every enabled alert must
+    have been judged and hold. Short of evidence (too few answers, nothing to compare with, too
+    little feedback), it is extended up to its ``deadline`` (``deploy.max_duration``), then
+    rolled back for not enough evidence. blue_green waits for the service to report the challenger
+    ready, then judges the same alerts while the challenger serves all traffic for ``bake``; it is
+    rolled back when the service is not ready within the window."""
+    now = as_utc(now or utcnow())
+    if state.status != "running":
+        raise ValueError(f"rollout {state.rollout_id} is not running (status {state.status})")
+    due = now >= as_utc(state.ends_at)
+    deadline = as_utc(state.deadline) if state.deadline else as_utc(state.ends_at)
+    at = now.isoformat()
+
+    if metrics.registry_champion is not None and metrics.registry_champion != state.champion:
+        check = AlertCheck("champion", metrics.registry_champion, state.champion, "breach",
+                           f"the champion alias moved from v{state.champion} to v{metrics.registry_champion} during "
+                           f"the rollout: the challenger was not compared with the champion now serving")
+        return RolloutDecision("rollback", check.reason, at, due, [check])
+
+    checks: list[AlertCheck] = []
+    if state.strategy == "blue_green":
+        svc = metrics.service
+        if not metrics.service_ready:
+            seen = "no service.json" if svc is None else f"service.json lists ready {svc.get('ready')}" + (
+                f" for rollout {svc.get('rollout_id')}" if svc.get("rollout_id") not in (None, state.rollout_id) else "")
+            if due:
+                check = AlertCheck("service_ready", 0, 1, "breach", f"the service did not report v{state.challenger} "
+                                                                    f"ready before {state.ends_at} ({seen})")
+                return RolloutDecision("rollback", check.reason, at, due, [check])
+            check = AlertCheck("service_ready", 0, 1, "pending", f"waiting for the service to report "
+                                                                 f"v{state.challenger} ready until {state.ends_at} ({seen})")
+            return RolloutDecision("continue", check.reason, at, due, [check])
+        checks.append(AlertCheck("service_ready", 1, 1, "ok", f"the service reports v{state.challenger} loaded and "
+                                                              f"warmed (service.json updated "
+                                                              f"{svc.get('updated_at') if svc else '?'})"))
+        first = metrics.challenger.first_at
+        bake_s = parse_duration_s(state.bake or "0s")
+        baked_at = as_utc(first) + timedelta(seconds=bake_s) if first else None
+        baked = baked_at is not None and now >= baked_at
+        checks.append(AlertCheck("bake", None if first is None else (now - as_utc(first)).total_seconds(), bake_s,
+                                 "ok" if baked else "pending",
+                                 f"bake: the challenger has served all traffic since {first}, until {baked_at.isoformat()}"
+                                 if first else "bake: the challenger has not answered yet"))
+        due = baked  # blue_green is judged once its bake is over
+
+    alert_checks, n, judged = _alert_checks(state, metrics, alerts)
+    checks += alert_checks
     breaches = [c for c in checks if c.status == "breach"]
     if breaches:
         return RolloutDecision("rollback", "; ".join(c.reason for c in breaches), at, due, checks)
-    if due:
-        return RolloutDecision("promote", f"every alert held over the {state.strategy} window "
+    missing = [c for c in checks if c.status in ("pending", "not_judged")]
+    if due and not missing:
+        return RolloutDecision("promote", f"every alert was judged and held over the {state.strategy} "
+                                          f"{'bake' if state.strategy == 'blue_green' else 'window'} "
                                           f"({n} challenger answers)", at, due, checks)
+    if now >= deadline:
+        for c in missing:
+            c.status = "breach"
+        return RolloutDecision("rollback", f"not enough evidence by {deadline.isoformat()} (deploy.max_duration): "
+                               + "; ".join(c.reason for c in missing), at, due, checks)
+    if due:
+        return RolloutDecision("continue", f"extended until {deadline.isoformat()} at most: not enough evidence "
+                                           "yet: " + "; ".join(c.reason for c in missing), at, due, checks)
     pending = "" if judged else f"; {n} of {alerts.min_requests} challenger answers needed to judge"
     return RolloutDecision("continue", f"no alert breached; the window ends at {state.ends_at}{pending}", at, due, checks)

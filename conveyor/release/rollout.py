@@ -87,6 +87,9 @@ class RolloutState:
     status: str  # running | promoted | rolled_back
     reason: str | None
     updated_at: str
+    # when a rollout still short of evidence is rolled back (ends_at + extension up to deploy.max_duration)
+    deadline: str | None = None
+    bake: str | None = None  # blue_green: how long the challenger serves all traffic before promotion
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,7 +116,7 @@ class RolloutState:
             return int(v)
 
         text = {k: (None if d.get(k) is None else str(d[k]))
-                for k in ("sticky_header", "started_at", "ends_at", "reason", "updated_at")}
+                for k in ("sticky_header", "started_at", "ends_at", "reason", "updated_at", "deadline", "bake")}
         return cls(rollout_id=str(d.get("rollout_id") or ""), strategy=d["strategy"], champion=version("champion"),
                    challenger=version("challenger"), traffic=traffic, status=d["status"], **text)
 
@@ -194,7 +197,8 @@ def start_rollout(spec: Spec, ws: Workspace | str | Path, challenger_version: in
         rollout_id=uuid.uuid4().hex[:12], strategy=d.strategy, champion=champion, challenger=challenger_version,
         traffic=d.traffic if d.strategy == "canary" else 1.0, sticky_header=d.sticky_header,
         started_at=_iso(now), ends_at=_iso(now + timedelta(seconds=parse_duration_s(d.duration))),
-        status="running", reason=None, updated_at=_iso(now))
+        status="running", reason=None, updated_at=_iso(now), deadline=_iso(now + timedelta(seconds=d.max_duration_s)),
+        bake=d.bake if d.strategy == "blue_green" else None)
     try:
         registry.begin_rollout(spec.name, state.to_dict())
     except RegistryError as err:

@@ -23,7 +23,8 @@ class DetectionKind(TaskKind):
     training_module = "conveyor.kinds.detection.model"
 
     # ---- Spec and gates
-    metrics: ClassVar[dict[str, str]] = {"map50": "higher", "map": "higher", "precision": "higher", "recall": "higher"}
+    metrics: ClassVar[dict[str, str]] = {"map50": "higher", "map": "higher", "precision": "higher", "recall": "higher",
+                                         "dece": "lower"}
     per_class_metrics: ClassVar[frozenset[str]] = frozenset({"precision", "recall"})
     default_gate_metrics: ClassVar[tuple[str, ...]] = ("map50",)
 

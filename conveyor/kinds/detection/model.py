@@ -49,6 +49,9 @@ THROUGHPUT_BATCH = 1
 # Confidence threshold for precision / recall (mAP uses every detection).
 SCORE_THRESHOLD = 0.5
 MATCH_IOU = 0.5
+# D-ECE: detections scoring at least this count as calibration events (Küppers et al. use 0.3).
+CALIBRATION_MIN_SCORE = 0.3
+CALIBRATION_BINS = 10
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _REQUIRED_COLUMNS = ("id", "path", "split", "boxes", "width", "height")
@@ -378,40 +381,72 @@ def class_average_precision(res: dict[str, Any], num_classes: int) -> tuple[dict
     return ap, curves
 
 
-def precision_recall(outputs: list[dict], targets: list[dict], num_classes: int,
-                     score_threshold: float = SCORE_THRESHOLD, iou: float = MATCH_IOU) -> tuple[list, list, list, list]:
-    """Per-class TP, FP, FN counts and support: detections with score >= threshold, matched greedily
-    (highest score first) to an unmatched ground-truth box of the same class with IoU >= ``iou``."""
+def match_detections(output: dict, target: dict, cls: int, score_threshold: float = SCORE_THRESHOLD,
+                     iou: float = MATCH_IOU) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One image's detections of class ``cls`` with score >= ``score_threshold``, matched greedily
+    (highest score first) to an unmatched ground-truth box of the class with IoU >= ``iou``.
+
+    Returns (scores sorted descending, whether each detection matched, the class's ground-truth count).
+    """
     from torchvision.ops import box_iou
 
+    keep = (output["scores"] >= score_threshold) & (output["labels"] == cls)
+    order = torch.argsort(output["scores"][keep], descending=True, stable=True)
+    boxes, scores = output["boxes"][keep][order], output["scores"][keep][order]
+    gt = target["boxes"][target["labels"] == cls]
+    hit = torch.zeros(boxes.shape[0], dtype=torch.bool)
+    if boxes.shape[0] and gt.shape[0]:
+        ious = box_iou(boxes, gt)
+        taken = torch.zeros(gt.shape[0], dtype=torch.bool)
+        for i in range(boxes.shape[0]):
+            cand = ious[i].clone()
+            cand[taken] = -1.0
+            j = int(torch.argmax(cand))
+            if float(cand[j]) >= iou:
+                taken[j] = True
+                hit[i] = True
+    return scores, hit, int(gt.shape[0])
+
+
+def precision_recall(outputs: list[dict], targets: list[dict], num_classes: int,
+                     score_threshold: float = SCORE_THRESHOLD, iou: float = MATCH_IOU) -> tuple[list, list, list, list]:
+    """Per-class TP, FP, FN counts and support, from :func:`match_detections`."""
     tp = [0] * num_classes
     fp = [0] * num_classes
     fn = [0] * num_classes
     support = [0] * num_classes
     for o, t in zip(outputs, targets):
-        keep = o["scores"] >= score_threshold
-        pb, ps, pl_ = o["boxes"][keep], o["scores"][keep], o["labels"][keep]
         for c in range(num_classes):
-            gt = t["boxes"][t["labels"] == c]
-            support[c] += int(gt.shape[0])
-            sel = pl_ == c
-            boxes = pb[sel][torch.argsort(ps[sel], descending=True, stable=True)]
-            matched = torch.zeros(gt.shape[0], dtype=torch.bool)
-            if boxes.shape[0] and gt.shape[0]:
-                ious = box_iou(boxes, gt)
-                for i in range(boxes.shape[0]):
-                    cand = ious[i].clone()
-                    cand[matched] = -1.0
-                    j = int(torch.argmax(cand))
-                    if float(cand[j]) >= iou:
-                        matched[j] = True
-                        tp[c] += 1
-                    else:
-                        fp[c] += 1
-            else:
-                fp[c] += int(boxes.shape[0])
-            fn[c] += int((~matched).sum())
+            _, hit, n_gt = match_detections(o, t, c, score_threshold, iou)
+            support[c] += n_gt
+            tp[c] += int(hit.sum())
+            fp[c] += int((~hit).sum())
+            fn[c] += n_gt - int(hit.sum())
     return tp, fp, fn, support
+
+
+def detection_calibration_error(outputs: list[dict], targets: list[dict], num_classes: int,
+                                min_score: float = CALIBRATION_MIN_SCORE, n_bins: int = CALIBRATION_BINS,
+                                iou: float = MATCH_IOU) -> float | None:
+    """Detection expected calibration error (D-ECE, Küppers et al. 2020, confidence only).
+
+    Every detection scoring at least ``min_score`` is a binary event, "correct" when it matches a
+    ground-truth box of its class at IoU >= ``iou`` (greedy, as in :func:`precision_recall`); the
+    D-ECE is the expected calibration error of the scores over those events in ``n_bins``
+    equal-width bins, computed by torchmetrics' binary calibration error. None without detections.
+    """
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    scores, hits = [], []
+    for o, t in zip(outputs, targets):
+        for c in range(num_classes):
+            s, hit, _ = match_detections(o, t, c, min_score, iou)
+            scores.append(s.float())
+            hits.append(hit.long())
+    if not scores or sum(int(s.numel()) for s in scores) == 0:
+        return None
+    return float(binary_calibration_error(torch.cat(scores).clamp(0.0, 1.0), torch.cat(hits),
+                                          n_bins=n_bins, norm="l1"))
 
 
 def epoch_metrics(outputs: list[dict], image_set: ImageSet, classes: Sequence[str], criterion: Any = None) -> dict[str, float]:
@@ -419,7 +454,8 @@ def epoch_metrics(outputs: list[dict], image_set: ImageSet, classes: Sequence[st
 
 
 def evaluate_outputs(outputs: list[dict], image_set: ImageSet, classes: Sequence[str]) -> TaskMetrics:
-    """``map50``, ``map``, macro and per-class ``precision`` / ``recall`` at ``SCORE_THRESHOLD``;
+    """``map50``, ``map``, macro and per-class ``precision`` / ``recall`` at ``SCORE_THRESHOLD``,
+    ``dece`` (detection calibration error, see :func:`detection_calibration_error`);
     ``per_class`` adds each class's ``ap50`` and ``ap`` (classes with ground truth), and ``curves``
     holds the precision-recall curve of each class at IoU 0.5 (``pr_iou50``).
 
@@ -446,6 +482,9 @@ def evaluate_outputs(outputs: list[dict], image_set: ImageSet, classes: Sequence
     metrics["precision"] = float(np.mean(precs)) if precs else 0.0
     metrics["recall"] = float(np.mean(recs)) if recs else 0.0
     metrics["score_threshold"] = SCORE_THRESHOLD
+    dece = detection_calibration_error(outputs, image_set.targets, k)
+    if dece is not None:
+        metrics["dece"] = dece
     for key, value in metrics.items():
         if not math.isfinite(value):
             raise ValueError(f"metric {key} is not finite ({value}); the model output is broken")

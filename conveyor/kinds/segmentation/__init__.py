@@ -22,8 +22,9 @@ class SegmentationKind(TaskKind):
     training_module = "conveyor.kinds.segmentation.model"
 
     # ---- Spec and gates
-    metrics: ClassVar[dict[str, str]] = {"miou": "higher", "boundary_iou": "higher", "iou": "higher", "fn_rate": "lower"}
-    per_class_metrics: ClassVar[frozenset[str]] = frozenset({"iou", "fn_rate"})
+    metrics: ClassVar[dict[str, str]] = {"miou": "higher", "boundary_iou": "higher", "iou": "higher", "fn_rate": "lower",
+                                         "defect_recall": "higher", "instance_miss_rate": "lower"}
+    per_class_metrics: ClassVar[frozenset[str]] = frozenset({"iou", "fn_rate", "defect_recall", "instance_miss_rate"})
     default_gate_metrics: ClassVar[tuple[str, ...]] = ("miou",)
 
     def check_classes(self, classes: Sequence[str]) -> list[str]:

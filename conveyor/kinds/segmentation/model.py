@@ -51,6 +51,8 @@ ONNX_DYNAMIC_AXES = {"images": {0: "batch"}, "logits": {0: "batch"}}
 ONNX_INPUT_DESCRIPTION = "float32 RGB, N x 3 x H x W, values in [0, 1]; normalisation is inside the graph"
 
 IGNORE = 255
+# An instance (connected component) of a class counts as found when this share of it is predicted.
+INSTANCE_COVERAGE = 0.5
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _REQUIRED_COLUMNS = ("id", "path", "mask_path", "split")
@@ -377,6 +379,34 @@ def boundary_iou(
     return [float(inter[c] / union[c]) if union[c] > 0 else None for c in range(num_classes)]
 
 
+def instance_recall(preds: torch.Tensor, targets: torch.Tensor, num_classes: int,
+                    coverage: float = INSTANCE_COVERAGE) -> tuple[list[int], list[int]]:
+    """Per class, the ground-truth instances and how many of them the prediction found.
+
+    An instance is a connected component (8-connected) of the class in one ground-truth mask; it
+    is found when at least ``coverage`` of its pixels are predicted as the class. A model that
+    misses every small defect while it finds the large ones scores well on pixel ``fn_rate`` and
+    badly here, which is what defect inspection gates on. Class 0 (background) is not counted.
+    """
+    from scipy import ndimage
+
+    structure = np.ones((3, 3), dtype=bool)
+    total = [0] * num_classes
+    found = [0] * num_classes
+    t_all = targets.numpy()
+    p_all = preds.numpy()
+    for t, p in zip(t_all, p_all):
+        for c in range(1, num_classes):
+            labelled, n = ndimage.label(t == c, structure=structure)
+            if n == 0:
+                continue
+            sizes = np.bincount(labelled.ravel(), minlength=n + 1)[1:]
+            hits = np.bincount(labelled[p == c].ravel(), minlength=n + 1)[1:]
+            total[c] += n
+            found[c] += int((hits >= coverage * sizes).sum())
+    return total, found
+
+
 def epoch_metrics(
     outputs: torch.Tensor, mask_set: MaskSet, classes: Sequence[str], criterion: nn.Module | None = None
 ) -> dict[str, float]:
@@ -394,6 +424,8 @@ def evaluate_outputs(outputs: torch.Tensor, mask_set: MaskSet, classes: Sequence
     Means skip classes absent from both truth and prediction; such a class gets no ``iou[cls]``.
     ``fn_rate[cls]`` is over pixels: labelled pixels of the class predicted as another class
     divided by the labelled pixels of the class (absent when the class has no labelled pixel).
+    ``defect_recall[cls]`` and ``instance_miss_rate[cls]`` count instances (connected components)
+    instead, see :func:`instance_recall` (absent when the class has no instance).
     """
     k = len(classes)
     preds = outputs.argmax(1)
@@ -401,6 +433,7 @@ def evaluate_outputs(outputs: torch.Tensor, mask_set: MaskSet, classes: Sequence
     cm = confusion_matrix(preds, targets, k)
     per_iou, miou = iou_from_confusion(cm)
     per_biou = boundary_iou(preds, targets, k)
+    instances, found = instance_recall(preds, targets, k)
     support = cm.sum(1)
     predicted = cm.sum(0)
     tp = cm.diag()
@@ -424,6 +457,11 @@ def evaluate_outputs(outputs: torch.Tensor, mask_set: MaskSet, classes: Sequence
             metrics[f"fn_rate[{name}]"] = entry["fn_rate"]
         if predicted[i] > 0:
             entry["precision"] = float(tp[i].double() / predicted[i])
+        if instances[i] > 0:
+            entry["instances"] = float(instances[i])
+            entry["defect_recall"] = found[i] / instances[i]
+            metrics[f"defect_recall[{name}]"] = entry["defect_recall"]
+            metrics[f"instance_miss_rate[{name}]"] = 1.0 - entry["defect_recall"]
         per_class[name] = entry
     for key, value in metrics.items():
         if not np.isfinite(value):

@@ -15,7 +15,7 @@ from conveyor.release.gate import DECISION_WORDS
 from conveyor.core.spec import load_spec
 from conveyor.core.summary import (DatasetCounts, EvaluationFiles, ReviewCounts, RunSummary, SplitSizes,
                                    TrainingRun)
-from conveyor.core.io import code_commit, package_versions, sha256_file, stable_hash
+from conveyor.core.io import sha256_file, stable_hash
 from conveyor.core.workspace import Workspace
 from conveyor.orchestration.tasks.data import (contracts_task, curate_task, fingerprint_task, frozen_eval_task, ingest_task,
                         label_task, label_version_task, split_task)
@@ -124,14 +124,16 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
         "eval_set_hash": spl.eval_hash,
         "spec_hash": spec.spec_hash,
         "seed": spec.train.seed,
-        "code_commit": code_commit(),
-        "packages": package_versions(),
         "trigger": trigger,
         "reason": reason,
         "run_id": run_id,
     }
     trained = train_task(spec, spl.split_path, spl.split_version, ing.dataset_version,
                          spec.section_hash("task", "train"), classes, lineage, wsp)
+    # Where the weights were made, as recorded when they were trained (a cached training keeps the
+    # commit and packages of its own run, not today's).
+    lineage = {**lineage, "code_commit": trained.code_commit, "packages": trained.environment.get("packages", {}),
+               "environment": trained.environment}
     threads = spec.train.num_threads
     challenger = evaluate_task(trained.checkpoint_path, trained.checkpoint_hash, spl.split_path, spl.split_version,
                                threads, wsp, role="challenger")
@@ -146,7 +148,12 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
         champ_metrics, champ_metrics_path = champ_eval.metrics, champ_eval.metrics_path
     decision = gate_task(spec, challenger.metrics, champ_metrics, champ.version if champ else None, same)
 
-    files = {"checkpoint.pt": trained.checkpoint_path, "metrics.json": challenger.metrics_path}
+    # The version folder keeps what reproduces it: the run record, the split it was trained and
+    # evaluated on, and its label version.
+    files = {"checkpoint.pt": trained.checkpoint_path, "metrics.json": challenger.metrics_path,
+             "split.parquet": spl.split_path, "labels.parquet": label_version.path}
+    if trained.run_metadata_path:
+        files["run.json"] = trained.run_metadata_path
     files.update(baseline_task(spec, spl.split_path, spl.split_version, challenger.predictions_path,
                                trained.checkpoint_hash, wsp))
     if challenger.onnx_path:

@@ -41,7 +41,8 @@ def rollout_flow(spec_path: str, version: int, workspace: str | None = None, rol
         if check.state is None or check.state.rollout_id != state.rollout_id or not check.state.running:
             break
         left = (as_utc(state.ends_at) - utcnow()).total_seconds()
-        time.sleep(max(0.05, min(every, left + 0.05)))  # wake at ends_at to promote on time
+        # wake at ends_at to promote on time; past it (extended for evidence) check every check_every
+        time.sleep(every if left <= 0 else max(0.05, min(every, left + 0.05)))
     final = RolloutState.from_dict(Registry(ws.registry).rollout(state.rollout_id)["state"])
     return {"rollout_id": final.rollout_id, "strategy": final.strategy, "champion": final.champion,
             "challenger": final.challenger, "status": final.status, "reason": final.reason,

@@ -14,6 +14,8 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy, CacheP
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
+from conveyor.core.io import environment_hash
+
 _PACKAGE = Path(__file__).resolve().parents[2]  # the conveyor package
 
 
@@ -37,15 +39,18 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 LIBRARY_SOURCE = CacheKeyFnPolicy(cache_key_fn=lambda ctx, params: library_source_hash())
+# The versions of the packages that change results, Python and the platform: an upgrade of torch,
+# onnxruntime, Pillow ... retrains and re-evaluates instead of reusing old results.
+ENVIRONMENT = CacheKeyFnPolicy(cache_key_fn=lambda ctx, params: environment_hash())
 
 
 def content_cache(*exclude: str) -> CachePolicy:
-    """Cache on the task's source, the library's source and the inputs less ``exclude``.
+    """Cache on the task's source, the library's source, the environment and the inputs less ``exclude``.
 
     Tasks take content keys (dataset version, spec-section hashes, model hashes) as inputs and
     exclude the objects those keys stand for, so a path whose file changed never hits.
     """
-    policy = TASK_SOURCE + LIBRARY_SOURCE + INPUTS
+    policy = TASK_SOURCE + LIBRARY_SOURCE + ENVIRONMENT + INPUTS
     for name in exclude:
         policy = policy - name
     return policy

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 from prefect import task
+from prefect.cache_policies import CacheKeyFnPolicy
 
 from conveyor.data.contracts import ContractError, ContractReport, run_contracts
 from conveyor.data.curate import CurateResult, curate
@@ -15,7 +16,7 @@ from conveyor.labels import stage as review
 from conveyor.data.fingerprint import source_fingerprint
 from conveyor.data.ingest import IngestResult, ingest
 from conveyor.core.spec import Spec
-from conveyor.data.split import SplitResult, frozen_eval_hashes, split
+from conveyor.data.split import SplitResult, frozen_eval_hashes, frozen_state_key, split
 from conveyor.core.workspace import Workspace
 from conveyor.orchestration.tasks.common import RETRY, content_cache, run_logger
 
@@ -53,7 +54,13 @@ def curate_task(spec: Spec, manifest_path: str, dataset_version: str, spec_key: 
     return res
 
 
-@task(name="split", cache_policy=content_cache("spec", "curated_path"), persist_result=True, **RETRY)
+def _frozen_state_key(ctx, params) -> str:
+    return frozen_state_key(Workspace(params["workspace"]).state(params["spec"].name), params["dataset_version"])
+
+
+# The split also depends on the frozen assignments earlier datasets left in the workspace.
+@task(name="split", cache_policy=content_cache("spec", "curated_path") + CacheKeyFnPolicy(cache_key_fn=_frozen_state_key),
+      persist_result=True, **RETRY)
 def split_task(spec: Spec, curated_path: str, curated_version: str, dataset_version: str, spec_key: str,
                classes: list[str], workspace: str) -> SplitResult:
     ws = Workspace(workspace)

@@ -7,7 +7,7 @@ from prefect import task
 from conveyor.model.evaluate import EvalResult, evaluate
 from conveyor.core.spec import Spec
 from conveyor.model.train import TrainResult, train
-from conveyor.core.io import stable_hash
+from conveyor.core.io import environment_hash, stable_hash
 from conveyor.core.workspace import Workspace
 from conveyor.orchestration.tasks.common import RETRY, content_cache, library_source_hash, run_logger
 
@@ -15,7 +15,7 @@ from conveyor.orchestration.tasks.common import RETRY, content_cache, library_so
 @task(name="train", cache_policy=content_cache("spec", "split_path", "lineage"), persist_result=True, **RETRY)
 def train_task(spec: Spec, split_path: str, split_version: str, dataset_version: str, spec_key: str,
                classes: list[str], lineage: dict, workspace: str) -> TrainResult:
-    key = stable_hash([split_version, spec_key, classes, library_source_hash()])
+    key = stable_hash([split_version, spec_key, classes, library_source_hash(), environment_hash()])
     out_dir = Workspace(workspace).models / key
     res = train(spec, split_path, classes, out_dir, dataset_version=dataset_version, lineage=lineage, progress=True,
                 workspace=workspace)
