@@ -42,6 +42,7 @@ def test_registry_list_and_rollback_without_versions(tmp_path, capsys):
     assert "has no version 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_missing_source_is_a_clear_error(prefect_harness, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
     monkeypatch.setenv("PREFECT_LOCAL_STORAGE_PATH", str(tmp_path / "prefect-storage"))

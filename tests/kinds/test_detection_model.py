@@ -139,6 +139,7 @@ def _tiny_split(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_evaluation_exports_onnx(tmp_path):
     from conveyor.model.evaluate import evaluate
     from conveyor.core.spec import spec_from_dict

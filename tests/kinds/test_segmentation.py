@@ -215,6 +215,7 @@ def test_loss_ignores_unlabelled_pixels():
     assert float(crit(logits2, t2)) == pytest.approx(float(base), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_train_is_deterministic_and_evaluate_exports_onnx(tmp_path):
     from conveyor.data.curate import curate
     from conveyor.model.evaluate import evaluate

@@ -72,6 +72,7 @@ def _metric_name_ok(key: str) -> bool:
     return m[2] is None or (m[1] in PER_CLASS_METRICS and m[2] in CLASSES)
 
 
+@pytest.mark.slow
 def test_metric_keys_are_gate_names(result):
     for key in result.metrics:
         assert _metric_name_ok(key), key
@@ -84,6 +85,7 @@ def test_metric_keys_are_gate_names(result):
             assert result.metrics[f"{m}[{c}]"] == pytest.approx(result.per_class[c][m])
 
 
+@pytest.mark.slow
 def test_metric_ranges_and_confusion(result):
     n = result.n_images
     assert n == 18 and result.split == "test"
@@ -96,6 +98,7 @@ def test_metric_ranges_and_confusion(result):
     assert [int(result.per_class[c]["support"]) for c in CLASSES] == cm.sum(axis=1).tolist()
 
 
+@pytest.mark.slow
 def test_onnx_parity_and_file(result, checkpoint, data):
     import onnxruntime as ort
 
@@ -114,6 +117,7 @@ def test_onnx_parity_and_file(result, checkpoint, data):
     assert props["conveyor.image_size"] == str(SIZE)
 
 
+@pytest.mark.slow
 def test_latency_figures(result):
     lat = result.latency
     assert lat["backend"] == "onnxruntime" and lat["num_threads"] == 2 and lat["runs"] >= 200
@@ -123,6 +127,7 @@ def test_latency_figures(result):
     assert result.metrics["model_size_mb"] == pytest.approx(Path(result.onnx_path).stat().st_size / 2**20, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_metrics_json_and_gate_metrics(result):
     written = json.loads(Path(result.metrics_path).read_text())
     assert written == json.loads(json.dumps(result.to_dict()))
@@ -132,6 +137,7 @@ def test_metrics_json_and_gate_metrics(result):
     assert flat["f1"] == result.metrics["f1"]
 
 
+@pytest.mark.slow
 def test_torch_backend_without_onnx(tmp_path, checkpoint, data, result):
     r = evaluate(checkpoint, data, tmp_path, export_onnx=False, latency_runs=200)
     assert r.onnx_path is None and r.onnx_max_abs_diff is None
@@ -143,6 +149,7 @@ def test_torch_backend_without_onnx(tmp_path, checkpoint, data, result):
         assert r.metrics[key] == result.metrics[key]
 
 
+@pytest.mark.slow
 def test_onnx_disagreement_is_an_error(tmp_path, checkpoint, data, monkeypatch):
     monkeypatch.setattr(cls_kind, "onnx_parity", lambda a, b: 0.5)
     with pytest.raises(OnnxParityError, match="not deployable"):
@@ -158,6 +165,7 @@ def test_parity_measure_sees_a_real_difference():
     assert cls_kind.onnx_parity(logits, logits[:1]) == float("inf")
 
 
+@pytest.mark.slow
 def test_bad_arguments(tmp_path, checkpoint, data):
     with pytest.raises(ValueError, match="at least 200"):
         evaluate(checkpoint, data, tmp_path, latency_runs=50)

@@ -42,6 +42,7 @@ def _test_images(split_path: Path, split: str = "test") -> cls_kind.ImageSet:
 
 
 # ---- determinism ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights_and_metrics(tmp_path, data):
     from conveyor.model.evaluate import evaluate
 
@@ -98,6 +99,7 @@ def test_augmentation_is_driven_by_its_generator():
 
 
 # ---- the checkpoint ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_train_result_and_history(trained):
     assert Path(trained.checkpoint_path).name == "checkpoint.pt"
     assert trained.checkpoint_hash == sha256_file(trained.checkpoint_path)
@@ -113,6 +115,7 @@ def test_train_result_and_history(trained):
     assert d["checkpoint_path"] == trained.checkpoint_path and isinstance(d["history"], list)
 
 
+@pytest.mark.slow
 def test_checkpoint_describes_itself(trained, data):
     model, meta = load_checkpoint(trained.checkpoint_path)
     assert not model.training
@@ -139,6 +142,7 @@ def test_load_checkpoint_rejects_missing_file(tmp_path):
 
 
 # ---- behaviour of the trained model -----------------------------------------------------------
+@pytest.mark.slow
 def test_learns_the_easy_task(trained, data):
     model, meta = load_checkpoint(trained.checkpoint_path)
     test = _test_images(data)
@@ -147,6 +151,7 @@ def test_learns_the_easy_task(trained, data):
     assert accuracy > 0.9, accuracy
 
 
+@pytest.mark.slow
 def test_invariance_to_small_brightness_change(trained, data):
     model, meta = load_checkpoint(trained.checkpoint_path)
     images = _test_images(data).images
@@ -156,6 +161,7 @@ def test_invariance_to_small_brightness_change(trained, data):
     assert (base == moved).float().mean().item() >= 0.9
 
 
+@pytest.mark.slow
 def test_directional_more_red_means_more_red(trained):
     """Blending a green image towards red must raise P(red) at the end of the path."""
     model, meta = load_checkpoint(trained.checkpoint_path)
@@ -191,6 +197,7 @@ def test_bad_model_kwargs_name_the_field(tmp_path, data):
         train(make_spec(tmp_path, model_kwargs={"num_classes": 5}), data, CLASSES, tmp_path / "o", dataset_version="dv")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [

@@ -28,6 +28,7 @@ def task_states(flow_run_id: str) -> dict[str, list[str]]:
     return out
 
 
+@pytest.mark.slow
 def test_cycle_registers_caches_and_reacts_to_content(prefect_harness, tmp_path):
     from conveyor.orchestration.flows.cycle import continuous_training
     from conveyor.release.registry import Registry
@@ -85,6 +86,7 @@ def test_cycle_registers_caches_and_reacts_to_content(prefect_harness, tmp_path)
     assert Path(second["report"]).is_file() and second["report"] != first["report"]
 
 
+@pytest.mark.slow
 def test_failing_contract_stops_the_cycle_and_keeps_the_result(prefect_harness, tmp_path):
     from conveyor.orchestration.flows.cycle import continuous_training
     from conveyor.data.contracts import ContractError

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from helpers.specs import write_toy_spec
@@ -23,6 +24,7 @@ def drift_triggers(cooldown: str) -> dict:
     return {"drift": {"features": ["brightness", "contrast"], "per_camera": False}, "cooldown": cooldown}
 
 
+@pytest.mark.slow
 def test_drift_suppressed_by_the_cool_down_then_starting_a_cycle(prefect_harness, tmp_path):
     from conveyor.orchestration.flows.cycle import continuous_training
     from conveyor.orchestration.flows.monitor import monitor_pipeline

@@ -100,6 +100,7 @@ def _touch_one_image(data_root: Path) -> None:
     Image.fromarray(arr).save(victim)
 
 
+@pytest.mark.slow
 def test_cycle_waits_for_a_reviewer_then_approve_and_reject(prefect_harness, tmp_path, monkeypatch, capsys):
     from conveyor.cli.main import main
     from conveyor.orchestration.flows.cycle import continuous_training
@@ -290,6 +291,7 @@ def _train(tmp_path: Path, split: Path, run_id: str = "0123abcd-run"):
                  lineage={"run_id": run_id, "split_version": "sv-1"}, workspace=tmp_path / "ws")
 
 
+@pytest.mark.slow
 def test_training_is_tracked_offline_and_artifacts_attach_later(tmp_path, monkeypatch, colour_split):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_DIR", raising=False)
@@ -329,6 +331,7 @@ def test_training_is_tracked_offline_and_artifacts_attach_later(tmp_path, monkey
         ("gate-report", "report", ["gate-report.html"])]
 
 
+@pytest.mark.slow
 def test_disabled_tracking_writes_nothing(tmp_path, monkeypatch, colour_split):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert _train(tmp_path, colour_split).tracking is None
@@ -339,6 +342,7 @@ def test_disabled_tracking_writes_nothing(tmp_path, monkeypatch, colour_split):
     assert tracking.mode() == "disabled"
 
 
+@pytest.mark.slow
 def test_a_broken_wandb_never_breaks_training(tmp_path, monkeypatch, colour_split, caplog):
     import wandb
 

@@ -370,6 +370,7 @@ def test_cli_rollout_status_and_manual_rollback(tmp_path, capsys):
 
 
 # ---- the Prefect flow ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_rollout_flow_watches_and_promotes_at_the_end(prefect_harness, tmp_path):
     from conveyor.orchestration.flows.rollout import rollout_flow
 
@@ -398,6 +399,7 @@ def test_rollout_flow_watches_and_promotes_at_the_end(prefect_harness, tmp_path)
 
 
 # ---- the cycle and the monitor ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_cycle_starts_a_rollout_and_the_monitor_ends_it(prefect_harness, tmp_path):
     """The first model is promoted directly; a later challenger that passes the gate starts a rollout
     (the champion stays), and the monitor rolls it back at the end of a window with no traffic."""

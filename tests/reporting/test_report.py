@@ -298,6 +298,7 @@ def test_a_broken_notebook_raises_a_clear_error_and_keeps_the_partial_output(tmp
     assert not old_html.exists(), "a failed render must not leave an older page looking current"
 
 
+@pytest.mark.slow
 def test_report_task_links_indexes_and_fails_with_the_notebook_error(prefect_harness, tmp_path, monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey

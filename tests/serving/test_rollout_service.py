@@ -19,6 +19,9 @@ from conveyor.core.workspace import Workspace
 from helpers.serving import png, register, set_champion
 from helpers.specs import rollout_spec
 
+# Every test here serves real HTTP on loopback under load for seconds (a canary window runs to its end).
+pytestmark = pytest.mark.slow
+
 CONFIG = dict(poll_s=0.05, warmup_runs=1, flush_rows=5, flush_s=0.2)
 COLOURS = [(200, 30, 30), (30, 180, 40), (30, 40, 200)]
 

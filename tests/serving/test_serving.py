@@ -359,6 +359,7 @@ def test_an_in_flight_request_keeps_the_model_it_started_with(cls_env):
     assert log_rows(ws, spec.name)["model_version"].to_list() == [1, 2]
 
 
+@pytest.mark.slow
 def test_no_request_fails_while_models_switch_on_a_real_server(cls_env):
     spec, ws = cls_env
     set_champion(ws, spec.name, 1)
