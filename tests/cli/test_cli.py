@@ -166,6 +166,7 @@ def test_observe_accounts_for_every_prediction_row(tmp_path, capsys):
     assert main(["observe", str(p), "--predictions", str(tmp_path / "missing.csv")]) == 1
 
 
+@pytest.mark.slow  # `conveyor monitor` runs the monitor flow on a temporary Prefect server of its own
 def test_monitor_says_why_each_trigger_did_or_did_not_fire(tmp_path):
     from helpers.specs import toy_spec_dict
     from helpers.toydata import write_toy_dataset
