@@ -51,30 +51,3 @@ class RedSegmenter(nn.Module):
     def forward(self, images):
         r = images[:, 0:1]
         return torch.cat([(0.5 - r) * 10.0, (r - 0.5) * 10.0], dim=1)
-
-
-def tiny_models(root: Path, classes: list[str]) -> dict[str, Path]:
-    """The serving tests' ONNX models, written into ``root``; ``broken`` is a file that is not a graph."""
-    cls_out, cls_axes = ["logits"], {"images": {0: "batch"}, "logits": {0: "batch"}}
-    out = {
-        # always red / always green, whatever the image
-        "red": export_model(classifier(torch.zeros(3, 3), torch.tensor([4.0, -4.0, -4.0])), root / "red.onnx",
-                            "classification", classes, cls_out, cls_axes),
-        "green": export_model(classifier(torch.zeros(3, 3), torch.tensor([-4.0, 4.0, -4.0])), root / "green.onnx",
-                              "classification", classes, cls_out, cls_axes),
-        # 1/3 for every class: a challenger whose confidence collapses
-        "uniform": export_model(classifier(torch.zeros(3, 3), torch.zeros(3)), root / "uniform.onnx",
-                                "classification", classes, cls_out, cls_axes),
-        # the image's dominant colour: proves the service feeds real, normalised pixels
-        "colour": export_model(classifier(torch.eye(3) * 3.0, torch.zeros(3)), root / "colour.onnx",
-                               "classification", classes, cls_out, cls_axes),
-        "det": export_model(FixedDetector(), root / "det.onnx", "detection", ["red", "green"],
-                            ["boxes", "scores", "labels"],
-                            {"boxes": {0: "detections"}, "scores": {0: "detections"}, "labels": {0: "detections"}}),
-        "seg": export_model(RedSegmenter(), root / "seg.onnx", "segmentation", ["background", "defect"], cls_out,
-                            cls_axes),
-    }
-    broken = root / "broken.onnx"
-    broken.write_bytes(b"this is not an onnx graph")
-    out["broken"] = broken
-    return out

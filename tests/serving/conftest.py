@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.tinymodels import tiny_models
+from helpers.serving import tiny_models
 from helpers.toydata import TOY_COLOURS
 
 
