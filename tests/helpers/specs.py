@@ -62,6 +62,17 @@ def write_pipeline_spec(folder: Path, name: str = "toy", **triggers) -> Path:
     return write_toy_spec(folder, f"{name}.yaml", name=name, triggers=triggers)
 
 
+DIGIT_CLASSES = [str(i) for i in range(10)]
+DRIFT_FEATURES = ["brightness", "contrast", "saturation", "hue", "sharpness", "label"]
+
+
+def digits_spec(source: Path, base: Path, **triggers) -> Spec:
+    """The toy pipeline on the classification demo's digits (``source``), watching every drift feature,
+    with ``triggers``."""
+    d = toy_spec_dict(source=str(source), name="digits", data={"classes": DIGIT_CLASSES},
+                      triggers={"drift": {"features": DRIFT_FEATURES}, **triggers})
+    return spec_from_dict(d, base_dir=str(base))
+
 # ---- stage by stage ----------------------------------------------------------------------------------------
 
 

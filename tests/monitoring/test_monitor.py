@@ -21,19 +21,11 @@ from conveyor.core.cycles import CycleGuard, CycleRunning
 from conveyor.data.ingest import ingest
 from conveyor.core.spec import SpecError, spec_from_dict
 from conveyor.core.workspace import Workspace
-from helpers.specs import toy_spec_dict
+from helpers.specs import DIGIT_CLASSES, DRIFT_FEATURES, digits_spec, toy_spec_dict
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
-FEATURES = ["brightness", "contrast", "saturation", "hue", "sharpness", "label"]
-CLASSES = [str(i) for i in range(10)]
-
-
-def digits_spec(source: Path, base: Path, **triggers):
-    d = toy_spec_dict(source=str(source))
-    d["name"] = "digits"
-    d["data"]["classes"] = CLASSES
-    d["triggers"] = {"drift": {"features": FEATURES}, **triggers}
-    return spec_from_dict(d, base_dir=str(base))
+FEATURES = DRIFT_FEATURES
+CLASSES = DIGIT_CLASSES
 
 
 @pytest.fixture(scope="module")
