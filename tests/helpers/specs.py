@@ -117,12 +117,14 @@ def rollout_spec(base: Path, **deploy) -> Spec:
                           base_dir=base)
 
 
-def detection_spec(base: Path, fmt: str, annotations: str | None, classes: list[str] | None = ["cat", "dog"],  # noqa: B006
+def detection_spec(base: Path, fmt: str, annotations: str | None, classes: Sequence[str] | None = ("cat", "dog"),
                    **sections) -> Spec:
-    """A detection pipeline on ``base/images`` with ``fmt`` annotations (coco/yolo) at ``annotations``."""
+    """A detection pipeline on ``base/images`` with ``fmt`` annotations (coco/yolo) at ``annotations``;
+    ``sections`` replace whole sections."""
     d = spec_dict(
         name="det", task="detection", source="images",
-        data={"format": fmt, "annotations": annotations, "classes": classes, "min_side": 8},
+        data={"format": fmt, "annotations": annotations, "classes": None if classes is None else list(classes),
+              "min_side": 8},
         split=SPLIT_BY_CAMERA,
         train={"model": "fcos_resnet18_fpn", "image_size": 64, "epochs": 1, "batch_size": 4},
         gates={"rules": ["map50 >= 0.5"], "champion": {"metrics": ["map50"]}},
