@@ -73,6 +73,7 @@ def digits_spec(source: Path, base: Path, **triggers) -> Spec:
                       triggers={"drift": {"features": DRIFT_FEATURES}, **triggers})
     return spec_from_dict(d, base_dir=str(base))
 
+
 # ---- stage by stage ----------------------------------------------------------------------------------------
 
 
