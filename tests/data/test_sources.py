@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from imagefactory import write_image
+from helpers.imagefactory import write_image
 
 from conveyor import kinds
 from conveyor.core.spec import SpecError, metric_directions, spec_from_dict
