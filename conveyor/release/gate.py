@@ -19,7 +19,7 @@ _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt
 @dataclass(frozen=True)
 class RuleOutcome:
     rule: str
-    kind: str  # "absolute" | "champion"
+    kind: str  # "absolute" | "champion" | "history" (a rolled-back version)
     metric: str
     op: str
     threshold: float | None
@@ -120,6 +120,15 @@ def evaluate_gate(
     else:
         summary = f"{len(failed)} of {len(outcomes)} gate rules fail: " + "; ".join(o.reason for o in failed)
     return GateDecision(passed, "promote" if passed else "reject", outcomes, champion_version, summary)
+
+
+def withdrawn_decision(withdrawal: dict[str, Any], message: str, champion_version: int | None) -> GateDecision:
+    """A challenger that is a rolled-back version (the same weights): rejected whatever its metrics,
+    since it already failed in production."""
+    outcome = RuleOutcome("not rolled back before", "history", "rolled_back", "==", None, None, False, message)
+    return GateDecision(False, "reject", [outcome], champion_version,
+                        f"{message}; only a person sends it out again "
+                        f"(`conveyor rollout start SPEC --version {withdrawal['version']} --force --reason TEXT`)")
 
 
 def skip_decision(version: int, reason: str) -> GateDecision:

@@ -81,6 +81,18 @@ CREATE TABLE IF NOT EXISTS reports (
     created_at TEXT NOT NULL,
     PRIMARY KEY (name, version, run_id)
 );
+CREATE TABLE IF NOT EXISTS withdrawals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    model_hash TEXT NOT NULL,
+    event TEXT NOT NULL,
+    at TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    source TEXT NOT NULL,
+    by TEXT,
+    rollout_id TEXT
+);
 CREATE TABLE IF NOT EXISTS approvals (
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -274,20 +286,30 @@ class Registry:
     def _before_commit(self, name: str, version: int) -> None:
         """Hook between the file move and the row commit (tests inject failures here)."""
 
-    def set_alias(self, name: str, version: int, *, alias: str = "champion", reason: str, run_id: str | None = None) -> int | None:
-        """Point ``alias`` at ``version``; returns the previous version. History is kept."""
-        with self._write() as con:
-            return self._move_alias(con, name, version, alias, reason, run_id)
+    def set_alias(self, name: str, version: int, *, alias: str = "champion", reason: str, run_id: str | None = None,
+                  person: str | None = None, withdraw_previous: bool = False) -> int | None:
+        """Point ``alias`` at ``version``; returns the previous version. History is kept.
 
-    @staticmethod
-    def _move_alias(con: sqlite3.Connection, name: str, version: int, alias: str, reason: str,
-                    run_id: str | None) -> int | None:
+        The champion alias never moves to a rolled-back version unless ``person`` does it (a manual
+        rollback), which is recorded as that person's release of it. ``withdraw_previous`` marks the
+        version the champion moves away from as rolled back (a manual rollback), in the same
+        transaction."""
+        with self._write() as con:
+            previous = self._move_alias(con, name, version, alias, reason, run_id, person=person)
+            if withdraw_previous and previous is not None and previous != version:
+                self._withdraw(con, name, previous, reason=reason, source="rollback", by=person)
+            return previous
+
+    def _move_alias(self, con: sqlite3.Connection, name: str, version: int, alias: str, reason: str,
+                    run_id: str | None, person: str | None = None) -> int | None:
         if con.execute("SELECT 1 FROM versions WHERE name=? AND version=?", (name, version)).fetchone() is None:
             raise RegistryError(f"model {name!r} has no version {version}")
         r = con.execute("SELECT version FROM aliases WHERE name=? AND alias=?", (name, alias)).fetchone()
         previous = None if r is None else int(r["version"])
         if previous == version:
             return previous
+        if alias == "champion":
+            self._check_withdrawn(con, name, version, person=person, reason=reason)
         at = utcnow().isoformat(timespec="seconds")
         con.execute(
             "INSERT INTO aliases (name, alias, version, updated_at) VALUES (?,?,?,?) "
@@ -357,10 +379,12 @@ class Registry:
             con.close()
         return None if r is None else self._rollout_row(r)
 
-    def begin_rollout(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
+    def begin_rollout(self, name: str, state: dict[str, Any], *, person: str | None = None,
+                      reason: str | None = None) -> dict[str, Any]:
         """Record a running rollout (``state`` is the rollout state file's content). Refused while
-        another rollout of ``name`` runs, when the champion is not ``state['champion']``, or when the
-        challenger is the champion or not registered."""
+        another rollout of ``name`` runs, when the champion is not ``state['champion']``, when the
+        challenger is the champion or not registered, or when the challenger was rolled back, unless
+        ``person`` sends it out again with a ``reason`` (recorded in the same transaction)."""
         with self._write() as con:
             r = con.execute("SELECT * FROM rollouts WHERE name=? AND outcome='running'", (name,)).fetchone()
             if r is not None:
@@ -376,6 +400,9 @@ class Registry:
                 raise RegistryError(f"the champion of {name!r} is v{champion}, not v{state['champion']}")
             if state["challenger"] == champion:
                 raise RegistryError(f"v{champion} is already the champion of {name!r}: nothing to roll out")
+            if person is not None and not (reason or "").strip():
+                raise RegistryError("sending a rolled-back version out again needs a reason")
+            self._check_withdrawn(con, name, int(state["challenger"]), person=person, reason=reason or "")
             con.execute(
                 "INSERT INTO rollouts (rollout_id, name, strategy, champion, challenger, started_at, ends_at, ended_at, "
                 "outcome, reason, state, metrics) VALUES (?,?,?,?,?,?,?,NULL,'running',NULL,?,NULL)",
@@ -396,7 +423,7 @@ class Registry:
 
     def end_rollout(self, name: str, rollout_id: str, *, outcome: str, reason: str, state: dict[str, Any],
                     metrics: dict[str, Any] | None = None, alias_to: int | None = None,
-                    alias_reason: str | None = None) -> tuple[dict[str, Any], bool]:
+                    alias_reason: str | None = None, person: str | None = None) -> tuple[dict[str, Any], bool]:
         """End a running rollout and, in the same transaction, point the champion alias at
         ``alias_to`` (the challenger when promoted; a manual rollback's target). Returns the rollout's
         row and whether this call ended it (False: it had ended already, and nothing changed)."""
@@ -408,8 +435,13 @@ class Registry:
                 raise RegistryError(f"model {name!r} has no rollout {rollout_id!r}")
             if r["outcome"] != "running":
                 return self._rollout_row(r), False
+            if outcome == "rolled_back":
+                self._withdraw(con, name, int(r["challenger"]), reason=reason, source="rollout", rollout_id=rollout_id,
+                               by=person)
             if alias_to is not None:
-                self._move_alias(con, name, alias_to, "champion", alias_reason or reason, None)
+                previous = self._move_alias(con, name, alias_to, "champion", alias_reason or reason, None, person=person)
+                if person is not None and previous not in (None, alias_to, int(r["challenger"])):
+                    self._withdraw(con, name, previous, reason=alias_reason or reason, source="rollback", by=person)
             con.execute(
                 "UPDATE rollouts SET ended_at=?, outcome=?, reason=?, state=?, metrics=? WHERE rollout_id=?",
                 (state.get("updated_at") or utcnow().isoformat(timespec="seconds"), outcome, reason, json.dumps(state, default=str),
@@ -417,6 +449,77 @@ class Registry:
             )
             row = self._rollout_row(con.execute("SELECT * FROM rollouts WHERE rollout_id=?", (rollout_id,)).fetchone())
         return row, True
+
+    # ---- rollback memory --------------------------------------------------------------------------
+    # A version that was rolled back (its rollout's alerts, or a manual rollback moving the champion
+    # away from it) is withdrawn: a later cycle that produces it (the same weights are the same
+    # version) is rejected, and no rollout or promotion sends it out again until a person releases
+    # it with a reason. Each event is one row; the latest decides.
+    @staticmethod
+    def _withdraw(con: sqlite3.Connection, name: str, version: int, *, reason: str, source: str,
+                  rollout_id: str | None = None, by: str | None = None) -> None:
+        r = con.execute("SELECT model_hash FROM versions WHERE name=? AND version=?", (name, version)).fetchone()
+        if r is None:
+            raise RegistryError(f"model {name!r} has no version {version}")
+        con.execute("INSERT INTO withdrawals (name, version, model_hash, event, at, reason, source, by, rollout_id) "
+                    "VALUES (?, ?, ?, 'rolled_back', ?, ?, ?, ?, ?)",
+                    (name, version, r["model_hash"], utcnow().isoformat(timespec="seconds"), reason, source, by,
+                     rollout_id))
+
+    @staticmethod
+    def _withdrawal_row(r: sqlite3.Row | None) -> dict[str, Any] | None:
+        return dict(r) if r is not None and r["event"] == "rolled_back" else None
+
+    @staticmethod
+    def withdrawn_message(w: dict[str, Any]) -> str:
+        """What the gate, a refused rollout and a refused promotion say about a rolled-back version."""
+        how = "by its rollout's alerts" if w["source"] == "rollout" else "by a manual rollback"
+        return f"v{w['version']} was rolled back at {w['at']} ({how}): {w['reason']}"
+
+    def _check_withdrawn(self, con: sqlite3.Connection, name: str, version: int, *, person: str | None,
+                         reason: str) -> None:
+        """Refuse to send a rolled-back version out again, unless a person does it (recorded)."""
+        w = self._withdrawal_row(con.execute("SELECT * FROM withdrawals WHERE name=? AND version=? ORDER BY id DESC "
+                                             "LIMIT 1", (name, version)).fetchone())
+        if w is None:
+            return
+        if person is None:
+            raise RegistryError(f"{self.withdrawn_message(w)}; only a person sends it out again "
+                                f"(`conveyor rollout start SPEC --version {version} --force --reason TEXT`)")
+        self._release(con, name, version, by=person, reason=reason)
+
+    def withdrawal(self, name: str, version: int | None = None, model_hash: str | None = None) -> dict[str, Any] | None:
+        """The standing withdrawal of a version (by number or model hash): when, why and how it was
+        rolled back; None when it never was, or a person released it since."""
+        if (version is None) == (model_hash is None):
+            raise ValueError("give version or model_hash")
+        with self._connect() as con:
+            if version is not None:
+                r = con.execute("SELECT * FROM withdrawals WHERE name=? AND version=? ORDER BY id DESC LIMIT 1",
+                                (name, version)).fetchone()
+            else:
+                r = con.execute("SELECT * FROM withdrawals WHERE name=? AND model_hash=? ORDER BY id DESC LIMIT 1",
+                                (name, model_hash)).fetchone()
+        return self._withdrawal_row(r)
+
+    def withdrawals(self, name: str) -> list[dict[str, Any]]:
+        """Every rollback and release of the pipeline's versions, oldest first."""
+        with self._connect() as con:
+            return [dict(r) for r in con.execute("SELECT * FROM withdrawals WHERE name=? ORDER BY id", (name,))]
+
+    def withdraw(self, name: str, version: int, *, reason: str, source: str = "manual", by: str | None = None) -> None:
+        """Mark ``version`` as rolled back (outside a rollout or an alias move)."""
+        with self._write() as con:
+            self._withdraw(con, name, version, reason=reason, source=source, by=by)
+
+    @staticmethod
+    def _release(con: sqlite3.Connection, name: str, version: int, *, by: str, reason: str) -> None:
+        r = con.execute("SELECT model_hash FROM versions WHERE name=? AND version=?", (name, version)).fetchone()
+        if r is None:
+            raise RegistryError(f"model {name!r} has no version {version}")
+        con.execute("INSERT INTO withdrawals (name, version, model_hash, event, at, reason, source, by) "
+                    "VALUES (?, ?, ?, 'released', ?, ?, 'person', ?)",
+                    (name, version, r["model_hash"], utcnow().isoformat(timespec="seconds"), reason, by))
 
     # ---- approvals (gates.require_approval) -----------------------------------------------------
     # One row per version that waited for a reviewer: pending, then approved or rejected with who,

@@ -172,11 +172,14 @@ def rollout_event(kind: str, name: str, state: RolloutState, reasons: list[str] 
 
 
 def start_rollout(spec: Spec, ws: Workspace | str | Path, challenger_version: int,
-                  now: datetime | None = None) -> RolloutState:
+                  now: datetime | None = None, *, force_by: str | None = None,
+                  force_reason: str | None = None) -> RolloutState:
     """Start a rollout of ``challenger_version`` against the champion, as ``spec.deploy`` says.
 
     Refused for the ``replace`` strategy (not a rollout), without a champion, when the challenger is
-    the champion, or while another rollout of the pipeline runs."""
+    the champion, while another rollout of the pipeline runs, or when the challenger was rolled back
+    before; only a person (``force_by``, with ``force_reason``) sends such a version out again, and
+    that is recorded in the registry."""
     ws = _ws(ws)
     d = spec.deploy
     if d.strategy not in ROLLOUT_STRATEGIES:
@@ -200,7 +203,7 @@ def start_rollout(spec: Spec, ws: Workspace | str | Path, challenger_version: in
         status="running", reason=None, updated_at=_iso(now), deadline=_iso(now + timedelta(seconds=d.max_duration_s)),
         bake=d.bake if d.strategy == "blue_green" else None)
     try:
-        registry.begin_rollout(spec.name, state.to_dict())
+        registry.begin_rollout(spec.name, state.to_dict(), person=force_by, reason=force_reason)
     except RegistryError as err:
         raise RolloutError(str(err)) from None
     atomic_write_json(path, state.to_dict())
@@ -303,10 +306,12 @@ def check_rollout(spec: Spec, ws: Workspace | str | Path, now: datetime | None =
 
 # ---- manual rollback -----------------------------------------------------------------------------
 def rollback(registry: Registry, name: str, to_version: int, reason: str = "manual rollback",
-             workspace: Workspace | str | Path | None = None) -> PromotionResult:
-    """Point the champion alias at ``to_version``. A running rollout ends as rolled back with this
-    reason, in the same registry transaction, and its ``rollout.json`` is rewritten (found in
-    ``workspace``, by default the workspace that holds the registry)."""
+             workspace: Workspace | str | Path | None = None, by: str = "unknown") -> PromotionResult:
+    """Point the champion alias at ``to_version``, a person's (``by``) action. A running rollout ends
+    as rolled back with this reason, in the same registry transaction, and its ``rollout.json`` is
+    rewritten (found in ``workspace``, by default the workspace that holds the registry). The
+    version the champion moves away from (and a rolled-back rollout's challenger) is remembered as
+    rolled back, so that no later cycle sends it out again by itself."""
     target = registry.get(name, to_version)  # raises with the known versions when missing
     current = registry.alias(name)
     running = registry.running_rollout(name)
@@ -315,14 +320,14 @@ def rollback(registry: Registry, name: str, to_version: int, reason: str = "manu
             return PromotionResult("unchanged", current, current, "champion", f"v{to_version} is already the champion")
         if current is None:
             raise RegistryError(f"model {name!r} has no champion to roll back")
-        previous = registry.set_alias(name, target.version, reason=reason)
+        previous = registry.set_alias(name, target.version, reason=reason, person=by, withdraw_previous=True)
         return PromotionResult("promoted", target.version, previous, "champion",
                                f"rolled back: champion is v{target.version} (was v{previous})")
     state = RolloutState.from_dict(running["state"])
     final = RolloutState.from_dict({**state.to_dict(), "status": "rolled_back", "reason": reason,
                                     "updated_at": _iso(utcnow())})
     row, ended = registry.end_rollout(name, state.rollout_id, outcome="rolled_back", reason=reason,
-                                      state=final.to_dict(), alias_to=target.version, alias_reason=reason)
+                                      state=final.to_dict(), alias_to=target.version, alias_reason=reason, person=by)
     if workspace is not None:
         path = rollout_path(workspace, name)
     else:

@@ -22,7 +22,7 @@ from conveyor.orchestration.tasks.data import (contracts_task, curate_task, fing
 from conveyor.orchestration.tasks.model import evaluate_task, train_task
 from conveyor.orchestration.tasks.monitor import admission_task, baseline_task, emit_events_task, observe_ingest_task
 from conveyor.orchestration.tasks.approval import request_approval_task
-from conveyor.orchestration.tasks.release import champion_task, gate_task, publish_task, register_task, release
+from conveyor.orchestration.tasks.release import withdrawal_task, champion_task, gate_task, publish_task, register_task, release
 from conveyor.orchestration.tasks.report import report_task
 from conveyor.orchestration.tasks.run import close_run_task, open_run_task
 from conveyor.orchestration.tasks.tracking import track_artifact_task
@@ -146,7 +146,9 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
         champ_eval = evaluate_task(str(champ.file("checkpoint.pt")), champ.model_hash, spl.split_path,
                                    spl.split_version, threads, wsp, role="champion")
         champ_metrics, champ_metrics_path = champ_eval.metrics, champ_eval.metrics_path
-    decision = gate_task(spec, challenger.metrics, champ_metrics, champ.version if champ else None, same)
+    # a rolled-back model (the same weights) never goes out again by itself
+    withdrawal = withdrawal_task(spec.name, registry_root, trained.checkpoint_hash)
+    decision = gate_task(spec, challenger.metrics, champ_metrics, champ.version if champ else None, same, withdrawal)
 
     # The version folder keeps what reproduces it: the run record, the split it was trained and
     # evaluated on, and its label version.

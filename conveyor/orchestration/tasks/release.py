@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from conveyor.release.gate import GateDecision, evaluate_gate, skip_decision
+from conveyor.release.gate import GateDecision, evaluate_gate, skip_decision, withdrawn_decision
 from conveyor.release.registry import ModelVersion, Registry
 from conveyor.release import policy
 from conveyor.release.rollout import PromotionResult
@@ -19,11 +19,19 @@ def champion_task(name: str, registry_root: str) -> ModelVersion | None:
     return Registry(registry_root).champion(name)
 
 
+@task(name="rollback-memory", **RETRY)
+def withdrawal_task(name: str, registry_root: str, model_hash: str) -> dict | None:
+    """The standing rollback of these weights, if they were rolled back before."""
+    return Registry(registry_root).withdrawal(name, model_hash=model_hash)
+
+
 @task(name="gate")
 def gate_task(spec: Spec, challenger: dict, champion: dict | None, champion_version: int | None,
-              same_as_champion: bool = False) -> GateDecision:
+              same_as_champion: bool = False, withdrawal: dict | None = None) -> GateDecision:
     log = run_logger()
-    if same_as_champion:
+    if withdrawal is not None:
+        decision = withdrawn_decision(withdrawal, Registry.withdrawn_message(withdrawal), champion_version)
+    elif same_as_champion:
         decision = skip_decision(champion_version, f"the challenger is champion v{champion_version} (data, spec and code unchanged)")
     else:
         decision = evaluate_gate(spec, challenger, champion, champion_version)
