@@ -251,14 +251,18 @@ def test_manual_rollback_during_a_rollout_ends_it(tmp_path):
     assert state["status"] == "rolled_back" and state["reason"] == "support tickets about v2"
     assert check_rollout(spec, ws, now=T0 + timedelta(minutes=1)).decision is None
 
+    # the rolled-back v2 is remembered: it does not go out again by itself
+    with pytest.raises(RolloutError, match="v2 was rolled back"):
+        start_rollout(spec, ws, 2, now=T0 + timedelta(minutes=2))
+
     # to another version: the alias moves and the rollout ends in the same transaction
-    st2 = start_rollout(spec, ws, 2, now=T0 + timedelta(minutes=2))
-    res = rollback(reg, "toy", 3, reason="hotfix v3")
-    assert res.action == "promoted" and reg.alias("toy") == 3 and res.rollout["rollout_id"] == st2.rollout_id
-    assert reg.alias_history("toy")[-1]["reason"] == "hotfix v3"
+    st2 = start_rollout(spec, ws, 3, now=T0 + timedelta(minutes=2))
+    res = rollback(reg, "toy", 2, reason="hotfix: v2 after all", by="alice")  # a person may bring v2 back
+    assert res.action == "promoted" and reg.alias("toy") == 2 and res.rollout["rollout_id"] == st2.rollout_id
+    assert reg.alias_history("toy")[-1]["reason"] == "hotfix: v2 after all"
     assert json.loads(rollout_path(ws, "toy").read_text())["status"] == "rolled_back"
     # no rollout running: a plain rollback, as before
-    assert rollback(reg, "toy", 1).message == "rolled back: champion is v1 (was v3)"
+    assert rollback(reg, "toy", 1).message == "rolled back: champion is v1 (was v2)"
 
 
 def test_registry_and_rollout_state_agree_after_promote_rollback_and_restart(tmp_path):
@@ -292,7 +296,10 @@ def test_registry_and_rollout_state_agree_after_promote_rollback_and_restart(tmp
     assert current_state(spec, ws).status == "rolled_back"
     assert json.loads(rollout_path(ws, "toy").read_text())["status"] == "rolled_back"
     rollout_path(ws, "toy").unlink()  # lost altogether
-    third = start_rollout(spec, ws, 3, now=t1 + timedelta(hours=1))
+    # the rolled-back v3 goes out again only by a person's recorded decision
+    with pytest.raises(RolloutError, match="v3 was rolled back"):
+        start_rollout(spec, ws, 3, now=t1 + timedelta(hours=1))
+    third = start_rollout(spec, ws, 3, now=t1 + timedelta(hours=1), force_by="bob", force_reason="errors fixed upstream")
     assert json.loads(rollout_path(ws, "toy").read_text())["rollout_id"] == third.rollout_id
 
     # a restart: a new Registry over the same files sees the same running rollout

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import toy_spec_dict, write_toy_dataset
+from helpers.specs import toy_spec_dict
+from helpers.toydata import write_toy_dataset
 from conveyor.core.io import write_parquet_atomic
 from conveyor.core.spec import spec_from_dict
 from conveyor.monitoring.monitor import prediction_log_dir
