@@ -247,8 +247,8 @@ def evaluate_outputs(outputs: torch.Tensor, image_set: ImageSet, classes: Sequen
     ``ap`` is undefined, so it is left out of ``map`` and of the metrics (support 0 in ``per_class``).
     """
     from torchmetrics.functional.classification import (
+        binary_average_precision,
         binary_calibration_error,
-        multilabel_average_precision,
         multilabel_exact_match,
         multilabel_f1_score,
         multilabel_precision,
@@ -281,18 +281,18 @@ def evaluate_outputs(outputs: torch.Tensor, image_set: ImageSet, classes: Sequen
         pc["support"] = float(support[i])
         for m in ("precision", "recall", "f1"):
             metrics[f"{m}[{name}]"] = pc[m]
-        ece = float(binary_calibration_error(probs[:, i], y[:, i], n_bins=ECE_BINS, norm="l1"))
+        col = probs[:, i].contiguous()
+        ece = float(binary_calibration_error(col, y[:, i], n_bins=ECE_BINS, norm="l1"))
         pc["ece"] = ece
         metrics[f"ece[{name}]"] = ece
         eces.append(ece)
         if support[i] > 0:
-            ap = float(multilabel_average_precision(probs[:, i : i + 1], y[:, i : i + 1], num_labels=1,
-                                                    average="none")[0])
+            ap = float(binary_average_precision(col, y[:, i]))
             pc["ap"] = ap
             metrics[f"ap[{name}]"] = ap
             aps.append(ap)
         per_class[name] = pc
-        reliability[name] = reliability_bins(probs[:, i], y[:, i])
+        reliability[name] = reliability_bins(col, y[:, i])
     metrics["map"] = float(np.mean(aps)) if aps else 0.0
     metrics["ece"] = float(np.mean(eces)) if eces else 0.0
     for key, value in metrics.items():
