@@ -206,7 +206,10 @@ class MultilabelKind(TaskKind):
     # ---- reports ------------------------------------------------------------------------------
     def report_sections(self, run) -> list[ReportSection]:
         """Per-label precision/recall/F1/AP/ECE table and per-label reliability diagrams; reads
-        ``run.metrics`` (flat name -> value), ``run.predictions`` (the predictions frame) and ``run.classes``."""
+        ``run.metrics`` (flat name -> value, or a whole metrics.json), ``run.predictions`` (the predictions frame) and ``run.classes``."""
         from conveyor.kinds.multilabel import report
 
-        return report.sections(run.metrics, getattr(run, "predictions", None), run.classes)
+        metrics = run.metrics
+        if isinstance(metrics, Mapping) and isinstance(metrics.get("metrics"), Mapping):  # a whole metrics.json
+            metrics = metrics["metrics"]
+        return report.sections(metrics, getattr(run, "predictions", None), run.classes)
