@@ -33,7 +33,7 @@ def _logits(probs) -> torch.Tensor:
     return torch.log(p / (1 - p)).float()
 
 
-def _image_set(truth, n_images: int | None = None) -> ml.ImageSet:
+def _image_set(truth) -> ml.ImageSet:
     t = torch.tensor(truth, dtype=torch.float32)
     n = t.shape[0]
     return ml.ImageSet("test", [f"img{i}" for i in range(n)], torch.zeros((n, 3, 8, 8), dtype=torch.uint8), t,
