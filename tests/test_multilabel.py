@@ -497,3 +497,30 @@ def test_small_training_run_learns_a_toy_task(tmp_path):
     assert after["f1[a]"] >= 0.9 and after["f1[b]"] >= 0.9
     assert after["ap[a]"] >= 0.95 and after["ap[b]"] >= 0.95
     assert ml.epoch_metrics(out, val, CLASSES, crit)["loss"] < before["loss"]
+
+
+def test_manifest_and_split_frame_suites(monkeypatch):
+    from datetime import datetime, timezone
+
+    monkeypatch.setenv("GX_ANALYTICS_ENABLED", "false")
+    n = 3
+    manifest = pl.DataFrame({
+        "id": [f"img/{i}.png" for i in range(n)], "path": [f"/data/img/{i}.png" for i in range(n)],
+        "rel_path": [f"img/{i}.png" for i in range(n)], "label": [None] * n, "camera": ["c1"] * n,
+        "scene": ["s"] * n, "captured_at": [datetime(2026, 10, 1, tzinfo=timezone.utc)] * n,
+        "content_hash": [f"{i:064x}" for i in range(n)], "phash": ["ab12cd34ef56ab12"] * n,
+        "width": [32] * n, "height": [32] * n, "mode": ["RGB"] * n, "format": ["PNG"] * n, "file_size": [900] * n,
+        **{c: [0.5] * n for c in ("brightness", "contrast", "saturation", "sharpness", "hue")},
+        "labels": [["a"], [], ["b", "c"]],
+    }, schema_overrides={"label": pl.String, "labels": pl.List(pl.String)})
+    split = manifest.with_columns(pl.lit("c1").alias("group"), pl.Series("split", ["train", "val", "test"]))
+    spec = SimpleNamespace(data=SimpleNamespace(classes=CLASSES), split=SimpleNamespace(ratios={"train": 0.7, "val": 0.15, "test": 0.15}))
+    frames = KIND.contract_frames(manifest, split, spec)
+    params = {"min_side": 8, "max_side": 4096, "max_file_bytes": 2**20, "max_captured_at": "2026-12-31T00:00:00+00:00",
+              "splits": ["train", "val", "test"]}
+    assert _run_suite("multilabel_manifest", frames["multilabel_manifest"], params)
+    assert _run_suite("multilabel_split_frame", frames["multilabel_split_frame"], params)
+    holes = pl.Series("labels", [["a"], None, []], dtype=pl.List(pl.String))
+    bad = KIND.contract_frames(manifest.with_columns(holes), split.with_columns(holes), spec)
+    assert not _run_suite("multilabel_manifest", bad["multilabel_manifest"], params)
+    assert not _run_suite("multilabel_split_frame", bad["multilabel_split_frame"], params)
