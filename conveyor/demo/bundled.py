@@ -43,6 +43,7 @@ EXAMPLES = {
     "classification": "conveyor.demo.bundled:write_classification_demo",
     "detection": "conveyor.demo.detection:write_detection_demo",
     "segmentation": "conveyor.demo.segmentation:write_segmentation_demo",
+    "multilabel": "conveyor.demo.multilabel:write_multilabel_demo",
 }
 
 
