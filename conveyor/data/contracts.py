@@ -216,7 +216,7 @@ def contract_params(spec: Spec, classes: list[str], now: datetime | None = None)
 
 def _kind(params: dict[str, Any]) -> TaskKind:
     """The task kind of the parameters (``task``), which names the kind's suites and frames."""
-    return kinds.get(str(params.get("task") or "classification"))
+    return kinds.get(str(params.get("task") or kinds.LEGACY_TASK))
 
 
 # ---- suites ---------------------------------------------------------------------------------

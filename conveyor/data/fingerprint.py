@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from conveyor.core.io import sha256_bytes
-from conveyor.data import sources
+from conveyor.data import collection, sources
 from conveyor.data.records import Item
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -19,7 +19,7 @@ def source_fingerprint(spec: Spec, unlabeled: bool = False) -> str:
     """sha256 over the sorted (relative path, sha256 of the bytes) of every file ingest would read,
     plus the manifest / sidecar / annotation bytes. Changes when one image's bytes change under
     the same path; does not decode anything."""
-    col = sources.collect(spec, unlabeled)
+    col = collection.collect(spec, unlabeled)
     root = col.root
     max_bytes = int(spec.data.max_file_mb * 2**20)
 

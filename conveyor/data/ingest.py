@@ -40,7 +40,7 @@ from PIL import Image
 
 from conveyor.core.io import publish_version, sha256_bytes
 from conveyor.core.spec import Spec
-from conveyor.data import imageio, sources
+from conveyor.data import collection, imageio, sources
 from conveyor.data.digest import annotation_digest, rows_digest
 from conveyor.data.fingerprint import source_fingerprint
 from conveyor.data.records import (
@@ -167,7 +167,7 @@ def ingest(spec: Spec, out_root: Path, progress: bool = False, unlabeled: bool =
         imageio.check_hash_settings(nd.hash, nd.hash_size)
     except ValueError as err:
         raise IngestError(f"curation.near_duplicates: {err}") from None
-    col = sources.collect(spec, unlabeled)
+    col = collection.collect(spec, unlabeled)
     root = col.root
     quarantined: list[Quarantined] = list(col.quarantined)
     max_bytes = int(d.max_file_mb * 2**20)

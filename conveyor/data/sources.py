@@ -232,19 +232,6 @@ def resolve_source(spec: Spec) -> tuple[Path, str]:
     return src, fmt
 
 
-def collect(spec: Spec, unlabeled: bool = False) -> Collection:
-    """List ``data.source``: images without labels (``unlabeled``: a folder at any depth, or a
-    manifest), else the source as the spec's task kind reads it."""
-    src, fmt = resolve_source(spec)
-    if unlabeled:
-        if fmt not in GENERIC_FORMATS:
-            raise IngestError(f"images without labels come as a folder or a manifest, not data.format {fmt!r}")
-        return collect_folder(spec, src, labeled=False) if fmt == "folder" else collect_manifest(spec, src, labeled=False)
-    from conveyor import kinds
-
-    return kinds.get(spec.task).collect(spec, src, fmt)
-
-
 def collect_generic(spec: Spec, src: Path, fmt: str) -> Collection:
     """A ``folder`` or ``manifest`` source with labels."""
     if fmt == "folder":

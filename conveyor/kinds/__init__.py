@@ -13,6 +13,9 @@ from importlib import metadata
 from conveyor.kinds.base import TaskKind
 
 ENTRY_POINT_GROUP = "conveyor.kinds"
+# The kind of records written before the task kind was recorded in them (checkpoints, run
+# folders and contract parameters of the first releases, which knew classification only).
+LEGACY_TASK = "classification"
 
 _BUILTIN = {
     "classification": "conveyor.kinds.classification:ClassificationKind",
@@ -63,4 +66,4 @@ def get(task: str) -> TaskKind:
     return kind
 
 
-__all__ = ["TaskKind", "available", "get", "register"]
+__all__ = ["LEGACY_TASK", "TaskKind", "available", "get", "register"]

@@ -315,7 +315,7 @@ def evaluate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, meta = load_checkpoint(checkpoint_path)
-    adapter = kinds.get(meta.get("task", "classification")).training
+    adapter = kinds.get(meta.get("task") or kinds.LEGACY_TASK).training
     classes = list(meta["classes"])
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(int(num_threads))

@@ -342,7 +342,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a conveyor checkpoint (no state_dict)")
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    adapter = kinds.get(meta.get("task", "classification")).training
+    adapter = kinds.get(meta.get("task") or kinds.LEGACY_TASK).training
     # Building the model draws random initial weights; keep that off the caller's RNG stream.
     with torch.random.fork_rng(devices=[]):
         model = adapter.build_model(meta["model_name"], int(meta["num_classes"]), meta.get("model_kwargs") or {})

@@ -18,9 +18,9 @@ from typing import Any, Iterable, Sequence
 import polars as pl
 import yaml
 
+from conveyor import kinds
 from conveyor.core.summary import RunSummary
 
-DEFAULT_TASK = "classification"
 
 
 def read_json(path: str | Path | None) -> Any:
@@ -72,7 +72,7 @@ class RunData:
         run_info = read_json(run / "run.json") or {}
         spec = (yaml.safe_load((run / "spec.yaml").read_text()) if (run / "spec.yaml").is_file() else None) or {}
         ws = Path(workspace or (summary.workspace if summary else None) or run.parent.parent)
-        task = (summary.task if summary else None) or spec.get("task") or DEFAULT_TASK
+        task = (summary.task if summary else None) or spec.get("task") or kinds.LEGACY_TASK
         name = (summary.spec if summary else None) or run_info.get("spec") or spec.get("name") or "?"
         model_dir = Path(summary.model_dir) if summary and summary.model_dir else None
         evaluation = summary.evaluation.model_dump() if summary and summary.evaluation else {}
