@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import conveyor
+
 from conftest import toy_spec_dict, write_toy_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +65,7 @@ def test_the_wheel_holds_the_package_its_data_and_nothing_else(wheel):
     suites = {n for n in names if n.startswith("conveyor/data/suites/") and n.endswith(".json")}
     assert suites == {f"conveyor/data/suites/{p.name}" for p in (ROOT / "conveyor" / "data" / "suites").glob("*.json")}
 
+    assert dist_info == f"conveyor-{conveyor.__version__}.dist-info", "the version comes from conveyor.__version__"
     entry_points = zipfile.ZipFile(wheel).read(f"{dist_info}/entry_points.txt").decode()
     assert "conveyor = conveyor.cli.main:main" in entry_points
 
