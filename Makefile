@@ -3,11 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
-export GX_ANALYTICS_ENABLED ?= false
-export WANDB_MODE ?= offline
-export DO_NOT_TRACK ?= 1
+# Environment defaults (offline, no analytics) live in conveyor/core/env.py: the conveyor command and
+# tests/conftest.py apply them, and the benchmarks run through WITH_ENV_DEFAULTS, which applies them too.
+WITH_ENV_DEFAULTS := $(BIN)/python -c 'import os, sys; from conveyor.core.env import apply_defaults; \
+	apply_defaults(); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])'
 
 .PHONY: setup demo test test-fast bench clean
 
@@ -31,12 +30,12 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_data_plane.py
-	$(BIN)/python bench/bench_onnx_latency.py
-	$(BIN)/python bench/bench_rerun.py
-	$(BIN)/python bench/bench_monitoring.py
-	$(BIN)/python bench/bench_serving.py
-	$(BIN)/python bench/bench_review.py
+	$(WITH_ENV_DEFAULTS) bench/bench_data_plane.py
+	$(WITH_ENV_DEFAULTS) bench/bench_onnx_latency.py
+	$(WITH_ENV_DEFAULTS) bench/bench_rerun.py
+	$(WITH_ENV_DEFAULTS) bench/bench_monitoring.py
+	$(WITH_ENV_DEFAULTS) bench/bench_serving.py
+	$(WITH_ENV_DEFAULTS) bench/bench_review.py
 
 clean:
 	rm -rf .demo workspace conveyor/demo/specs/workspace conveyor/demo/specs/data .pytest_cache site

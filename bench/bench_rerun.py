@@ -33,10 +33,10 @@ def main() -> int:
     os.environ["CONVEYOR_REPORT"] = "0"
     root = Path(args.keep or tempfile.mkdtemp(prefix="conveyor-bench-rerun-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    from conveyor.cli.main import _prepare_env
+    from conveyor.cli.common import prepare_env
     from conveyor.demo.bundled import bundled_example, write_demo_batch
 
-    _prepare_env(root / "workspace")
+    prepare_env(root / "workspace")
     import yaml
 
     spec = yaml.safe_load(bundled_example().read_text())

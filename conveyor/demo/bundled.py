@@ -36,6 +36,9 @@ START_1 = datetime(2026, 10, 1, tzinfo=timezone.utc)
 START_2 = datetime(2026, 10, 22, tzinfo=timezone.utc)
 
 
+# The example `conveyor demo` runs without --example (and `make demo`).
+DEFAULT_EXAMPLE = "classification"
+
 # Bundled examples: name -> "module:function"; the function takes the example's resolved spec
 # and a batch number (1 or 2) and writes that batch of demo data where the spec's data section
 # points (``spec.source_path``, ``spec.data.annotations``).
@@ -57,7 +60,7 @@ def example_writer(name: str):
     return getattr(importlib.import_module(module), func)
 
 
-def bundled_example(name: str = "classification") -> Path:
+def bundled_example(name: str = DEFAULT_EXAMPLE) -> Path:
     """The example spec that ships with the project."""
     return resource_path("conveyor.demo", "specs", f"{name}.yaml")
 

@@ -1,0 +1,1 @@
+"""What each ``conveyor`` verb does: one function per verb, ``cmd_<verb>(args) -> exit status``."""
