@@ -1,6 +1,7 @@
 """Events: every trigger and gate decision, as a Prefect event and in a local log.
 
-Events are plain dicts built by the stages (``make_event``) and sent by the tasks (``emit``), so
+Events are plain dicts built by the stages (``make_event``) and sent by the tasks
+(:func:`conveyor.orchestration.prefect_api.emit`), so
 the library stays testable without a Prefect API. Each event names the pipeline as its resource
 (``conveyor.pipeline.<name>``), so Prefect automations and deployment triggers can match it, e.g.
 ``prefect.yaml`` starts the cycle on ``conveyor.drift.detected``. A copy of every event is
@@ -11,13 +12,11 @@ server.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
 
 # What each event means (README lists them).
 EVENTS = {
@@ -70,20 +69,3 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def emit(event: dict[str, Any], log_path: str | Path | None = None) -> str | None:
-    """Send an event to the Prefect API (when one is reachable) and append it to the local log.
-
-    Returns the Prefect event id, or None when it could not be sent (logged, never raised: a
-    monitoring decision must not fail because the event bus is down)."""
-    if log_path is not None:
-        append_log(log_path, event)
-    try:
-        from prefect.events import emit_event
-
-        sent = emit_event(event=event["event"], resource=event["resource"], payload=event["payload"])
-        return str(sent.id) if sent is not None else None
-    except Exception as err:  # noqa: BLE001 - report and go on
-        log.warning("could not emit %s to Prefect: %s", event["event"], err)
-        return None

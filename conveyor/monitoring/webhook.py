@@ -289,71 +289,6 @@ class StartRequest:
 Starter = Callable[[StartRequest], str]
 
 
-def _api_error(err: BaseException) -> StartError:
-    import httpx
-
-    if isinstance(err, (httpx.TransportError, ConnectionError, TimeoutError)):
-        return StartError(f"Prefect API unreachable ({type(err).__name__}); check PREFECT_API_URL and that the "
-                          f"server is running", status=503)
-    try:
-        from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-    except ImportError:  # pragma: no cover
-        ObjectNotFound = PrefectHTTPStatusError = ()  # type: ignore[assignment]
-    if isinstance(err, ObjectNotFound):
-        return StartError("not found on the Prefect API; deploy it first (`prefect deploy --all`, see prefect.yaml)",
-                          status=502)
-    if isinstance(err, PrefectHTTPStatusError):
-        return StartError(f"the Prefect API answered HTTP {err.response.status_code}", status=502)
-    return StartError(type(err).__name__, status=502)
-
-
-def deployment_starter(timeout: float = 0, tags: Sequence[str] = ("webhook",)) -> Starter:
-    """Start a run of ``conveyor-cycle/<pipeline>`` with ``prefect.deployments.run_deployment``.
-
-    The run is created and the call returns at once (``timeout=0``); a worker picks it up. The
-    request's signature is the run's idempotency key, so the same request never makes two runs.
-    """
-
-    def start(req: StartRequest) -> str:
-        from prefect.deployments import run_deployment
-
-        try:
-            run = run_deployment(name=req.deployment, parameters=req.parameters, timeout=timeout,
-                                 tags=list(tags), idempotency_key=f"conveyor-webhook-{req.request_id}",
-                                 as_subflow=False)
-        except Exception as err:
-            raise _api_error(err) from err
-        return str(run.id)
-
-    start.mode = "deployment"  # type: ignore[attr-defined]
-    return start
-
-
-def event_starter(event: str = EVENT_NAME) -> Starter:
-    """Emit a Prefect event for the pipeline; wire an automation to it to act on webhooks."""
-
-    def start(req: StartRequest) -> str:
-        from prefect.events import emit_event
-
-        try:
-            ev = emit_event(
-                event=event,
-                resource={"prefect.resource.id": f"conveyor.pipeline.{req.pipeline}",
-                          "prefect.resource.name": req.pipeline},
-                payload={"trigger": req.trigger, "reason": req.reason, "deployment": req.deployment,
-                         "request_id": req.request_id},
-            )
-        except Exception as err:
-            raise _api_error(err) from err
-        if ev is None:
-            raise StartError("Prefect events are not being sent (no events client; is PREFECT_API_URL set?)",
-                             status=503)
-        return str(ev.id)
-
-    start.mode = "event"  # type: ignore[attr-defined]
-    return start
-
-
 # ---- the app --------------------------------------------------------------------------------
 
 
@@ -432,9 +367,12 @@ def _spec_map(specs: Sequence["Spec"] | Mapping[str, "Spec"]) -> dict[str, "Spec
     return out
 
 
-def create_app(specs: Sequence["Spec"] | Mapping[str, "Spec"], config: WebhookConfig | None = None,
-               starter: Starter | None = None, clock: Callable[[], float] = time.time) -> "FastAPI":
-    """The receiver as a FastAPI app. ``config`` defaults to ``WebhookConfig.from_env()``."""
+def create_app(specs: Sequence["Spec"] | Mapping[str, "Spec"], config: WebhookConfig | None = None, *,
+               starter: Starter, clock: Callable[[], float] = time.time) -> "FastAPI":
+    """The receiver as a FastAPI app. ``config`` defaults to ``WebhookConfig.from_env()``.
+
+    ``starter`` turns an accepted request into a run or an event; the Prefect ones are
+    :func:`conveyor.orchestration.prefect_api.deployment_starter` and ``event_starter``."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
@@ -442,8 +380,6 @@ def create_app(specs: Sequence["Spec"] | Mapping[str, "Spec"], config: WebhookCo
     config = WebhookConfig.from_env() if config is None else config
     pipelines = _spec_map(specs)
     enabled = sorted(name for name, s in pipelines.items() if s.triggers.webhook)
-    if starter is None:
-        starter = deployment_starter() if config.mode == "deployment" else event_starter()
     id_key = "flow_run_id" if config.mode == "deployment" else "event_id"
     per_pipeline = RateLimiter(config.rate_per_minute / 60.0, config.burst, clock)
     per_client = (RateLimiter(config.ip_failures_per_minute / 60.0, config.ip_failures_per_minute, clock)
@@ -530,7 +466,7 @@ def create_app(specs: Sequence["Spec"] | Mapping[str, "Spec"], config: WebhookCo
 
 
 def serve(specs: Sequence["Spec | str | Path"], host: str = "127.0.0.1", port: int = 8787,
-          config: WebhookConfig | None = None, starter: Starter | None = None) -> None:
+          config: WebhookConfig | None = None, *, starter: Starter) -> None:
     """Serve the receiver with uvicorn until interrupted. Specs may be given as paths."""
     import uvicorn
 
@@ -548,10 +484,6 @@ def serve(specs: Sequence["Spec | str | Path"], host: str = "127.0.0.1", port: i
     logger.setLevel(logging.INFO)
     for name in disabled:
         logger.warning("pipeline %r is not served: its spec does not set triggers.webhook: true", name)
-    if config.mode == "deployment" and starter is None and not os.environ.get("PREFECT_API_URL"):
-        logger.warning("PREFECT_API_URL is not set: runs would be created on a temporary local Prefect API "
-                       "that has no deployments and no workers. Start a server, `prefect deploy --all`, and "
-                       "export PREFECT_API_URL=http://127.0.0.1:4200/api")
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s without TLS: put a TLS-terminating proxy in front of it", host)
     logger.info("webhook receiver on http://%s:%d%s for %s (mode %s)", host, port,

@@ -13,6 +13,7 @@ import yaml
 
 from conveyor.demo import bundled as demo
 from conveyor.monitoring import drift
+from conveyor.orchestration import prefect_api
 from conveyor.core import events
 from conveyor.monitoring import feedback
 from conveyor.monitoring import monitor
@@ -319,7 +320,7 @@ def test_events_are_logged_locally_even_without_a_prefect_api(tmp_path, monkeypa
 
     monkeypatch.setattr(prefect.events, "emit_event", boom)
     ev = events.make_event("conveyor.drift.checked", "p", {"reason": "quiet"})
-    assert events.emit(ev, tmp_path / "events.jsonl") is None
+    assert prefect_api.emit(ev, tmp_path / "events.jsonl") is None
     assert events.read_log(tmp_path / "events.jsonl")[0]["event"] == "conveyor.drift.checked"
     with pytest.raises(ValueError, match="unknown event"):
         events.make_event("conveyor.nonsense", "p", {})

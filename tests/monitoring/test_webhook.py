@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conveyor.monitoring import webhook
+from conveyor.orchestration import prefect_api
 from conveyor.cli.main import build_parser, main
 from conveyor.core.spec import spec_from_dict
 from conveyor.monitoring.webhook import (
@@ -376,7 +377,7 @@ def test_deployment_starter_calls_run_deployment_and_maps_errors(monkeypatch):
     monkeypatch.setattr(prefect.deployments, "run_deployment", fake_run_deployment)
     req = StartRequest(pipeline="toy", deployment="conveyor-cycle/toy", reason="why", request_id="ab" * 16,
                        client="c")
-    assert webhook.deployment_starter()(req) == Run.id
+    assert prefect_api.deployment_starter()(req) == Run.id
     (kw,) = calls
     assert kw["name"] == "conveyor-cycle/toy" and kw["timeout"] == 0
     assert kw["parameters"] == {"trigger": "webhook", "reason": "why"}
@@ -386,7 +387,7 @@ def test_deployment_starter_calls_run_deployment_and_maps_errors(monkeypatch):
 
     monkeypatch.setattr(prefect.deployments, "run_deployment", not_found)
     with pytest.raises(StartError, match="not found") as err:
-        webhook.deployment_starter()(req)
+        prefect_api.deployment_starter()(req)
     assert err.value.status == 502
 
     def unreachable(**kwargs):
@@ -394,7 +395,7 @@ def test_deployment_starter_calls_run_deployment_and_maps_errors(monkeypatch):
 
     monkeypatch.setattr(prefect.deployments, "run_deployment", unreachable)
     with pytest.raises(StartError, match="unreachable") as err:
-        webhook.deployment_starter()(req)
+        prefect_api.deployment_starter()(req)
     assert err.value.status == 503
 
 
@@ -412,14 +413,14 @@ def test_event_starter_emits_the_event(monkeypatch):
 
     monkeypatch.setattr(prefect.events, "emit_event", fake_emit)
     req = StartRequest(pipeline="toy", deployment="conveyor-cycle/toy", reason="why", request_id="r", client="c")
-    assert webhook.event_starter()(req) == "ev-1"
+    assert prefect_api.event_starter()(req) == "ev-1"
     (kw,) = emitted
     assert kw["event"] == "conveyor.webhook.received"
     assert kw["resource"] == {"prefect.resource.id": "conveyor.pipeline.toy", "prefect.resource.name": "toy"}
     assert kw["payload"]["reason"] == "why"
     monkeypatch.setattr(prefect.events, "emit_event", lambda **kw: None)
     with pytest.raises(StartError) as err:
-        webhook.event_starter()(req)
+        prefect_api.event_starter()(req)
     assert err.value.status == 503
 
 

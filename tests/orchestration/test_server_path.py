@@ -132,6 +132,7 @@ def test_deploy_webhook_event_trigger_and_worker_on_a_real_server(prefect_server
     from starlette.testclient import TestClient
 
     from conveyor.monitoring import webhook
+    from conveyor.orchestration import prefect_api
     from conveyor.orchestration.deployments import render_prefect_yaml
     from conveyor.core.spec import load_spec
 
@@ -210,7 +211,7 @@ def test_deploy_webhook_event_trigger_and_worker_on_a_real_server(prefect_server
         #  another API, so this one sends to this server, and drain it again for the tests after)
         EventsWorker.drain_all(timeout=30)
         try:
-            call_webhook("event", "labels fixed", webhook.event_starter())
+            call_webhook("event", "labels fixed", prefect_api.event_starter())
         finally:
             EventsWorker.drain_all(timeout=30)
         (via_event,) = wait_for("the webhook event's flow run", lambda: runs_with("labels fixed"), 60)
@@ -218,7 +219,7 @@ def test_deploy_webhook_event_trigger_and_worker_on_a_real_server(prefect_server
         client.delete_flow_run(via_event.id)
 
         # 3. a signed webhook call (default mode) starts a cycle through the real deployment starter
-        run_id = call_webhook("deployment", "new cameras installed", webhook.deployment_starter())["flow_run_id"]
+        run_id = call_webhook("deployment", "new cameras installed", prefect_api.deployment_starter())["flow_run_id"]
         run = client.read_flow_run(run_id)
         assert run.deployment_id == cycle.id
         assert run.parameters == {"spec_path": str(spec_path), "trigger": "webhook", "reason": "new cameras installed"}

@@ -9,13 +9,13 @@ import polars as pl
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from conveyor.core import events
 from conveyor.monitoring import monitor
 from conveyor.monitoring import profiles
 from conveyor.core.cycles import CycleGuard, Suppression
 from conveyor.core.spec import Spec, parse_duration_s
 from conveyor.core.timeutil import as_utc
 from conveyor.core.workspace import Workspace
+from conveyor.orchestration import prefect_api
 from conveyor.orchestration.tasks.common import RETRY, artifact_key, content_cache, run_logger
 
 
@@ -88,7 +88,7 @@ def evaluate_triggers_task(spec: Spec, workspace: str, now: str | None = None) -
 
 @task(name="emit-events")
 def emit_events_task(event_list: list[dict], log_path: str) -> list[str | None]:
-    ids = [events.emit(e, Path(log_path)) for e in event_list]
+    ids = [prefect_api.emit(e, Path(log_path)) for e in event_list]
     for e in event_list:
         run_logger().info("event %s: %s", e["event"], e["payload"].get("reason") or e["payload"].get("decision", ""))
     return ids
