@@ -36,10 +36,19 @@ def emit_local(ws: Workspace, name: str, event_list: list[dict]) -> None:
     pipeline's event log always."""
     from conveyor.core import events
     from conveyor.monitoring import monitor
+    from conveyor.orchestration import prefect_api
 
     log = monitor.events_log(ws, name)
     for e in event_list:
         if os.environ.get("PREFECT_API_URL"):
-            events.emit(e, log)
+            prefect_api.emit(e, log)
         else:
             events.append_log(log, e)
+
+
+def start_api() -> None:
+    """Prefect's temporary API for a command that runs flows or starts runs, when no server is
+    configured: started up front and stopped when the command ends, however it ends."""
+    from conveyor.orchestration.ephemeral import ensure_api
+
+    ensure_api()

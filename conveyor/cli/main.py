@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 from conveyor.cli.parser import build_parser
+from conveyor.orchestration.ephemeral import exit_on_signals
 
 __all__ = ["build_parser", "main"]
 
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
 
     apply_defaults()  # before Prefect, Great Expectations or wandb are imported
     args = build_parser().parse_args(argv)
+    if argv is None:  # the command-line program: SIGTERM stops it as cleanly as Ctrl-C
+        exit_on_signals()
     if args.deprecated_alias:
         old, new = args.deprecated_alias
         print(f"conveyor: `conveyor {old}` is a deprecated alias of `conveyor {new}` and goes in the next release",

@@ -476,10 +476,14 @@ def cli_env(tmp_path, monkeypatch):
     """Keep what `conveyor webhook` sets in the environment inside this test; record uvicorn.run."""
     import uvicorn
 
+    from conveyor.orchestration import ephemeral
+
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     served = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append((app, kw)))
+    # the temporary Prefect API the command starts (tests/orchestration/test_no_orphans.py runs it for real)
+    monkeypatch.setattr(ephemeral, "ensure_api", lambda *a, **k: None)
     return served
 
 

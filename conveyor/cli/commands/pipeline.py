@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from conveyor.cli.common import load, prepare_env
+from conveyor.cli.common import load, prepare_env, start_api
 from conveyor.cli.render import (print_demo_finished, print_demo_review, print_monitor, print_observe,
                                  print_summary)
 
@@ -29,6 +29,7 @@ def run_cycle(spec_path: str, workspace: str | None, trigger: str = "manual", re
     spec = load(spec_path)
     ws = spec.workspace_path(workspace)
     prepare_env(ws)
+    start_api()
     from conveyor.orchestration.flows.cycle import continuous_training
 
     return continuous_training(spec_path=str(Path(spec_path).resolve()), workspace=str(ws), trigger=trigger,
@@ -48,6 +49,7 @@ def run_monitor(spec_path: str, workspace: str | None, start: str = "none", now:
     spec = load(spec_path)
     ws = spec.workspace_path(workspace)
     prepare_env(ws)
+    start_api()
     from conveyor.orchestration.flows.monitor import monitor_pipeline
 
     return monitor_pipeline(spec_path=str(Path(spec_path).resolve()), workspace=str(ws), start=start, now=now)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from conveyor.cli.common import emit_local, load, prepare_env
+from conveyor.cli.common import emit_local, load, prepare_env, start_api
 from conveyor.cli.render import (print_registry, print_rollout_finished, print_rollout_started,
                                  print_rollout_status)
 
@@ -83,6 +83,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     ws = spec.workspace_path(args.workspace)
     if args.watch:
         prepare_env(ws)
+        start_api()
         from conveyor.orchestration.flows.rollout import rollout_flow
 
         res = rollout_flow(spec_path=str(Path(args.spec).resolve()), version=args.version, workspace=str(ws))

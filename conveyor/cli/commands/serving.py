@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from conveyor.cli.common import load, prepare_env
+from conveyor.cli.common import load, prepare_env, start_api
 
 
 def cmd_webhook(args: argparse.Namespace) -> int:
     """`conveyor webhook serve`: the signed webhook that starts pipeline runs."""
     from conveyor.monitoring.webhook import WebhookConfig, serve
+    from conveyor.orchestration import prefect_api
 
     specs = [load(p) for p in args.spec]
     config = WebhookConfig.from_env(mode=args.mode, rate_per_minute=args.rate_per_minute, burst=args.burst)
     prepare_env(specs[0].workspace_path(args.workspace))
-    serve(specs, host=args.host, port=args.port, config=config)
+    starter = prefect_api.starter_for(config)
+    if any(s.triggers.webhook for s in specs):  # else serve refuses, and nothing is started for it
+        start_api()
+    serve(specs, host=args.host, port=args.port, config=config, starter=starter)
     return 0
 
 
