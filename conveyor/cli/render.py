@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conveyor.core.summary import RunSummary
+
 if TYPE_CHECKING:
     from conveyor.labels.stage import ImportResult, LabelStageResult
     from conveyor.labels.versions import LabelDiff
@@ -24,49 +26,48 @@ def fmt(v: Any, nd: int = 4) -> str:
     return str(v)
 
 
-def print_summary(s: dict) -> None:
-    why = f": {s['reason']}" if s.get("reason") else ""
-    print(f"\nrun {s['run_id']} ({s['spec']}, trigger {s['trigger']}{why})")
-    if s.get("skipped_because"):
-        print(f"  SKIPPED: {s['skipped_because']}")
+def print_summary(s: RunSummary) -> None:
+    why = f": {s.reason}" if s.reason else ""
+    print(f"\nrun {s.run_id} ({s.spec}, trigger {s.trigger}{why})")
+    if s.skipped_because:
+        print(f"  SKIPPED: {s.skipped_because}")
         return
-    d = s["dataset"]
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(d["quarantine_reasons"].items())) or "none"
-    removed = ", ".join(f"{k} {v}" for k, v in sorted(d["removed_reasons"].items())) or "none"
-    print(f"  dataset {s['dataset_version']}: received {d['received']}, accepted {d['accepted']}, "
-          f"quarantined {d['quarantined']} ({reasons})")
-    a = d.get("annotations") or {}
+    d = s.dataset
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(d.quarantine_reasons.items())) or "none"
+    removed = ", ".join(f"{k} {v}" for k, v in sorted(d.removed_reasons.items())) or "none"
+    print(f"  dataset {s.dataset_version}: received {d.received}, accepted {d.accepted}, "
+          f"quarantined {d.quarantined} ({reasons})")
+    a = d.annotations or {}
     if a:  # detection sources: box accounting
         box_reasons = ", ".join(f"{k} {v}" for k, v in sorted(a["box_quarantine_reasons"].items())) or "none"
         print(f"  boxes: received {a['boxes_received']}, accepted {a['boxes_accepted']}, "
               f"quarantined {a['boxes_quarantined']} ({box_reasons}); {a['negative_images']} images without boxes")
-    rv = d.get("review") or {}
-    if rv:
-        src = ", ".join(f"{k} {v}" for k, v in (d.get("label_sources") or {}).items() if v) or "none"
-        pool = ", ".join(f"{k} {v.get('accepted', 0)}/{v.get('received', 0)}" for k, v in rv["pool"].items()
+    rv = d.review
+    if rv is not None:
+        src = ", ".join(f"{k} {v}" for k, v in (d.label_sources or {}).items() if v) or "none"
+        pool = ", ".join(f"{k} {v.get('accepted', 0)}/{v.get('received', 0)}" for k, v in rv.pool.items()
                          if isinstance(v, dict))
-        print(f"  labels {d['label_version']}: {src}" + (f"; pool (accepted/received) {pool}" if pool else "")
-              + f"; auto-labelled {rv['auto_labeled']}")
-        if rv.get("queue"):
-            print(f"  review queue: {rv['queued']} images -> {rv['queue']['tasks']} (Label Studio), "
-                  f"{rv['queue']['csv']}")
-    print(f"  curation kept {d['curated']} (removed: {removed})")
-    sp = s["split"]
-    print(f"  split by {sp['group_by']}: " + ", ".join(f"{k} {v} images/{sp['groups'][k]} groups" for k, v in sp["counts"].items())
-          + (f"; {sp['held_out_machine']} machine labels held out of val/test groups" if sp.get("held_out_machine") else ""))
-    m = s["metrics"]
+        print(f"  labels {d.label_version}: {src}" + (f"; pool (accepted/received) {pool}" if pool else "")
+              + f"; auto-labelled {rv.auto_labeled}")
+        if rv.queue:
+            print(f"  review queue: {rv.queued} images -> {rv.queue['tasks']} (Label Studio), {rv.queue['csv']}")
+    print(f"  curation kept {d.curated} (removed: {removed})")
+    sp = s.split
+    print(f"  split by {sp.group_by}: " + ", ".join(f"{k} {v} images/{sp.groups[k]} groups" for k, v in sp.counts.items())
+          + (f"; {sp.held_out_machine} machine labels held out of val/test groups" if sp.held_out_machine else ""))
+    m = s.metrics
     keys = [k for k in ("f1", "accuracy", "ece", "map50", "miou", "latency_p95_ms", "throughput_ips") if k in m]
     print("  metrics: " + ", ".join(f"{k} {fmt(m[k])}" for k in keys))
-    print(f"  gate: {s['decision'].upper()} - {s['gate_summary']}")
-    for r in s["reasons"]:
-        print(f"    [{'pass' if r['passed'] else 'FAIL'}] {r['reason']}")
-    print(f"  model v{s['model_version']} ({s['model_dir']}); {s['promotion']}")
-    tr = (s.get("train") or {}).get("tracking")
+    print(f"  gate: {s.decision.upper()} - {s.gate_summary}")
+    for r in s.reasons:
+        print(f"    [{'pass' if r.passed else 'FAIL'}] {r.reason}")
+    print(f"  model v{s.model_version} ({s.model_dir}); {s.promotion}")
+    tr = s.train.tracking if s.train else None
     if tr:
         print(f"  wandb run {tr['run_id']} ({tr['mode']}): {tr.get('run_dir') or tr.get('url') or tr['project']}")
-    print(f"  run folder: {s['run_dir']}")
-    if s.get("report"):
-        print(f"  gate report: {s['report']}")
+    print(f"  run folder: {s.run_dir}")
+    if s.report:
+        print(f"  gate report: {s.report}")
 
 
 def print_monitor(rep: dict) -> None:

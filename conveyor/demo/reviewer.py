@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from conveyor.core.spec import Spec
+    from conveyor.core.summary import RunSummary
     from conveyor.core.workspace import Workspace
     from conveyor.labels.stage import ImportResult
 
@@ -26,10 +27,11 @@ class PendingReview:
     truth_csv: Path
 
 
-def pending_review(spec: Spec, summary: dict) -> PendingReview | None:
+def pending_review(spec: Spec, summary: RunSummary) -> PendingReview | None:
     """The review queue a cycle's summary names, when the spec has an unlabelled pool with a truth
     file (``<pool>-truth.csv`` beside it); None when there is nothing the demo can answer."""
-    queue = (summary.get("dataset") or {}).get("review", {}).get("queue")
+    review = summary.dataset.review if summary.dataset else None
+    queue = review.queue if review else None
     if not spec.labeling.unlabeled or not queue:
         return None
     pool = spec.resolve_path(spec.labeling.unlabeled)

@@ -11,6 +11,7 @@ from pathlib import Path
 from conveyor.cli.common import load, prepare_env, start_api
 from conveyor.cli.render import (print_demo_finished, print_demo_review, print_monitor, print_observe,
                                  print_summary)
+from conveyor.core.summary import RunSummary
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -25,21 +26,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_cycle(spec_path: str, workspace: str | None, trigger: str = "manual", reason: str | None = None) -> dict:
+def run_cycle(spec_path: str, workspace: str | None, trigger: str = "manual", reason: str | None = None) -> RunSummary:
     spec = load(spec_path)
     ws = spec.workspace_path(workspace)
     prepare_env(ws)
     start_api()
     from conveyor.orchestration.flows.cycle import continuous_training
 
-    return continuous_training(spec_path=str(Path(spec_path).resolve()), workspace=str(ws), trigger=trigger,
-                               reason=reason)
+    return RunSummary.model_validate(continuous_training(spec_path=str(Path(spec_path).resolve()), workspace=str(ws),
+                                                         trigger=trigger, reason=reason))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     summary = run_cycle(args.spec, args.workspace, args.trigger, args.reason)
-    if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+    if args.json:  # the one JSON form of the run summary, as summary.json holds it
+        print(json.dumps(summary.to_json(), indent=2, default=str))
     else:
         print_summary(summary)
     return 0
@@ -134,9 +135,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         res = answer_with_truth(spec, Workspace(spec.workspace_path(args.workspace)), pending, reviewed)
         if not args.json:
             print_demo_review(reviewed, res, spec_path)
-        summaries[-1]["review_import"] = res.to_dict()
     if args.json:
-        print(json.dumps(summaries, indent=2, default=str))
+        out = [s.to_json() for s in summaries]
+        if pending is not None:
+            out[-1]["review_import"] = res.to_dict()
+        print(json.dumps(out, indent=2, default=str))
     else:
         print_demo_finished(spec_path, spec.workspace_path(args.workspace))
     return 0
