@@ -52,3 +52,13 @@ def start_api() -> None:
     from conveyor.orchestration.ephemeral import ensure_api
 
     ensure_api()
+
+
+def login_name() -> str:
+    """Who runs the command, for decisions the registry records (``--by`` overrides it)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (a container without a passwd entry)
+        return "unknown"

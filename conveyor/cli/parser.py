@@ -17,7 +17,8 @@ from conveyor.cli.commands.labels import (cmd_labels_diff, cmd_labels_list, cmd_
                                           cmd_review_status)
 from conveyor.cli.commands.pipeline import (cmd_demo, cmd_deployments, cmd_monitor, cmd_observe, cmd_report, cmd_run,
                                             cmd_validate)
-from conveyor.cli.commands.release import (cmd_approve, cmd_registry_list, cmd_reject, cmd_rollback, cmd_rollout,
+from conveyor.cli.commands.release import (cmd_approve, cmd_registry_list, cmd_reject, cmd_reproduce, cmd_rollback,
+                                           cmd_rollout,
                                            cmd_rollout_status)
 from conveyor.cli.commands.serving import cmd_serve, cmd_webhook, cmd_webhook_send
 
@@ -82,6 +83,10 @@ def add_rollout_start(sp: argparse.ArgumentParser) -> None:
     add_spec(sp)
     sp.add_argument("--version", type=int, required=True, metavar="N", help="the registered version to roll out")
     sp.add_argument("--watch", action="store_true", help="run the rollout flow here until the rollout ends")
+    sp.add_argument("--force", action="store_true",
+                    help="send out a version that was rolled back before (needs --reason; recorded with --by)")
+    sp.add_argument("--reason", help="why a rolled-back version goes out again (with --force)")
+    sp.add_argument("--by", default=None, help="who decides (default: the login name)")
     sp.add_argument("--json", action="store_true")
     add_workspace(sp)
     sp.set_defaults(func=cmd_rollout)
@@ -218,9 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rollback", help="move the champion alias back to an earlier version")
     add_spec(rb)
     rb.add_argument("--to", type=int, required=True, metavar="VERSION")
-    rb.add_argument("--reason", default="manual rollback")
+    rb.add_argument("--reason", default="manual rollback",
+                    help="why (kept in the alias history and in the rolled-back version's record)")
+    rb.add_argument("--by", default=None, help="who rolls back (default: the login name)")
     add_workspace(rb)
     rb.set_defaults(func=cmd_rollback)
+
+    rp = sub.add_parser("reproduce", help="train a registered version again from its lineage alone and compare "
+                                          "weights and metrics")
+    add_spec(rp)
+    rp.add_argument("--version", type=int, required=True, metavar="N", help="the registered version to rebuild")
+    rp.add_argument("--out", help="where to write the rebuilt model (default: a temporary folder)")
+    rp.add_argument("--json", action="store_true")
+    add_workspace(rp)
+    rp.set_defaults(func=cmd_reproduce)
 
     rosub = group(sub, "rollout", "roll a registered version out against the champion (deploy.strategy shadow, "
                                   "canary or blue_green); `rollout SPEC --version N` is a deprecated alias of "

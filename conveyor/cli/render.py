@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from conveyor.labels.versions import LabelDiff
     from conveyor.monitoring.monitor import Observed
     from conveyor.release.registry import ModelVersion
+    from conveyor.release.reproduce import Reproduction
     from conveyor.release.rollout import RolloutCheck, RolloutState
 
 
@@ -245,3 +246,16 @@ def print_review_status(name: str, st: dict) -> None:
     print(f"{name}: queue " + (f"{q['count']} images, {q['tasks']}" if q else "not built yet"))
     print(f"  {st['reviewed_images']} reviewed images from {len(st['imports'])} import(s); "
           f"{len(st['label_versions'])} label version(s)")
+
+
+def print_reproduction(res: "Reproduction") -> None:
+    same = "bit-identical" if res.identical else "DIFFERENT"
+    print(f"{res.name} v{res.version} rebuilt from its lineage: weights {same} "
+          f"({res.registered_weights_hash[:16]} vs {res.reproduced_weights_hash[:16]})")
+    if not res.environment_matches:
+        print("  environment differs from training: " + ", ".join(
+            f"{k} {v['registered']} -> {v['now']}" for k, v in res.environment_differences.items()))
+    for key, m in res.metrics.items():
+        print(f"  {key:24} registered {fmt(m.registered)}  reproduced {fmt(m.reproduced)}"
+              + ("" if m.equal else f"  (diff {fmt(m.difference)})"))
+    print(f"  rebuilt checkpoint: {res.checkpoint_path}")

@@ -132,3 +132,23 @@ def test_an_unchanged_cycle_after_a_rolled_back_canary_is_rejected_and_starts_no
     assert "confidence drop" in third["gate_summary"] and "max_confidence_drop 0.1" in third["gate_summary"]
     assert [r["kind"] for r in third["reasons"]] == ["history"]
     assert spec.name == "toy"
+
+
+def test_the_cli_sends_a_rolled_back_version_out_only_with_force_and_a_reason(tmp_path, capsys):
+    from conveyor.cli.main import main
+
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(toy_spec_dict(deploy={"strategy": "canary", "traffic": 0.2, "duration": "1h"},
+                                                      workspace="ws")))
+    ws, reg = _registry(tmp_path)
+    reg.set_alias("toy", 2, reason="promoted")
+    assert main(["rollback", str(spec_path), "--to", "1", "--reason", "bad night images", "--by", "alice"]) == 0
+    assert reg.withdrawal("toy", 2)["by"] == "alice"
+    assert main(["rollout", "start", str(spec_path), "--version", "2"]) == 1
+    assert "v2 was rolled back" in capsys.readouterr().err
+    assert main(["rollout", "start", str(spec_path), "--version", "2", "--force"]) == 1
+    assert "--force needs --reason" in capsys.readouterr().err
+    assert main(["rollout", "start", str(spec_path), "--version", "2", "--force", "--reason", "relabelled",
+                 "--by", "bob"]) == 0
+    assert reg.running_rollout("toy")["challenger"] == 2
+    assert reg.withdrawals("toy")[-1]["event"] == "released" and reg.withdrawals("toy")[-1]["by"] == "bob"

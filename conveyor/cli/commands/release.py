@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from conveyor.cli.common import emit_local, load, prepare_env, start_api
-from conveyor.cli.render import (print_registry, print_rollout_finished, print_rollout_started,
+from conveyor.cli.common import emit_local, load, login_name, prepare_env, start_api
+from conveyor.cli.render import (print_registry, print_reproduction, print_rollout_finished, print_rollout_started,
                                  print_rollout_status)
 
 
@@ -66,7 +66,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     spec = load(args.spec)
     ws = Workspace(spec.workspace_path(args.workspace))
     reg = Registry(ws.registry)
-    res = rollback(reg, spec.name, args.to, reason=args.reason, workspace=ws)
+    res = rollback(reg, spec.name, args.to, reason=args.reason, workspace=ws, by=args.by or login_name())
     if res.rollout is not None:  # a running rollout ended with this manual rollback
         emit_local(ws, spec.name, [rollout_event("rolled_back", spec.name, RolloutState.from_dict(res.rollout["state"]),
                                                  [args.reason], manual=True)])
@@ -92,7 +92,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         else:
             print_rollout_finished(res)
         return 0
-    st = start_rollout(spec, Workspace(ws), args.version)
+    if args.force and not (args.reason or "").strip():
+        raise ValueError("--force needs --reason: why a rolled-back version goes out again is recorded")
+    force = {"force_by": args.by or login_name(), "force_reason": args.reason} if args.force else {}
+    st = start_rollout(spec, Workspace(ws), args.version, **force)
     emit_local(Workspace(ws), spec.name, [rollout_event("started", spec.name, st, manual=True)])
     if args.json:
         print(json.dumps(st.to_dict(), indent=2))
@@ -113,3 +116,20 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
     else:
         print_rollout_status(spec.name, spec.deploy.strategy, check)
     return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """`conveyor reproduce`: train a registered version again from its lineage and compare."""
+    from conveyor.core.workspace import Workspace
+    from conveyor.release.reproduce import reproduce
+
+    spec = load(args.spec)
+    ws = Workspace(spec.workspace_path(args.workspace))
+    prepare_env(ws.root)
+    res = reproduce(ws.registry, spec.name, args.version, workspace=ws.root, out_dir=args.out,
+                    num_threads=spec.train.num_threads)
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=2, default=str))
+    else:
+        print_reproduction(res)
+    return 0 if res.identical else 3
