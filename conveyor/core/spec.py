@@ -397,6 +397,7 @@ class GatesSpec(_Base):
                              "a gate with no rule would promote any model")
         if "metrics" not in self.champion.model_fields_set:
             self.champion.metrics = list(dict.fromkeys(r.key for r in rules if r.metric not in RUNTIME_METRICS))
+            self.champion.model_fields_set.discard("metrics")  # still a default: derived, not given
         return self
 
     def parsed_rules(self) -> list[GateRule]:

@@ -17,7 +17,7 @@ from helpers.imagefactory import write_image
 
 from conveyor import kinds
 from conveyor.core.spec import SpecError, metric_directions, spec_from_dict
-from conveyor.data import sources
+from conveyor.data import collection, sources
 from conveyor.data.digest import annotation_digest
 from conveyor.data.fingerprint import source_fingerprint
 from conveyor.data.ingest import ingest
@@ -87,7 +87,7 @@ def test_every_source_reads_the_sidecar_through_one_reader(tmp_path, monkeypatch
 
     monkeypatch.setattr(det, "read_sidecar", spy)
     monkeypatch.setattr(seg, "read_sidecar", spy)
-    col = sources.collect(spec)
+    col = collection.collect(spec)
     assert isinstance(col, Collection) and col.format == fmt
     assert len(calls) == 1, "each source reads its sidecar once, with the shared reader"
     (item,) = [it for it in col.candidates if it.rel_path == rel]
@@ -102,7 +102,7 @@ def test_a_sidecar_without_paths_is_the_same_error_for_every_source(tmp_path, fm
     sidecar = next(p for p in tmp_path.rglob("metadata.csv"))
     sidecar.write_text("camera\ncam-1\n")
     with pytest.raises(IngestError, match=r"metadata sidecar .*metadata.csv lacks the column 'path'"):
-        sources.collect(spec)
+        collection.collect(spec)
 
 
 @pytest.mark.parametrize("fmt", sorted(SOURCES))
