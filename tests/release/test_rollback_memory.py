@@ -3,6 +3,7 @@ no rollout or promotion sends it out again, and only a person's recorded action 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import polars as pl
@@ -152,3 +153,8 @@ def test_the_cli_sends_a_rolled_back_version_out_only_with_force_and_a_reason(tm
                  "--by", "bob"]) == 0
     assert reg.running_rollout("toy")["challenger"] == 2
     assert reg.withdrawals("toy")[-1]["event"] == "released" and reg.withdrawals("toy")[-1]["by"] == "bob"
+    capsys.readouterr()
+    assert main(["registry", "list", str(spec_path), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [e["event"] for e in listed["withdrawals"]] == ["rolled_back", "released"]
+    assert all(v["rolled_back"] is None for v in listed["versions"])  # v2 was released by bob

@@ -23,9 +23,10 @@ def cmd_registry_list(args: argparse.Namespace) -> int:
     if args.json:
         reports = reg.reports(spec.name)
         print(json.dumps({"name": spec.name, "champion": champion,
-                          "versions": [{**v.to_dict(), "report": reports.get(v.version)} for v in versions],
+                          "versions": [{**v.to_dict(), "report": reports.get(v.version),
+                                        "rolled_back": reg.withdrawal(spec.name, v.version)} for v in versions],
                           "champion_history": reg.alias_history(spec.name), "rollouts": reg.rollouts(spec.name),
-                          "approvals": reg.approvals(spec.name)},
+                          "approvals": reg.approvals(spec.name), "withdrawals": reg.withdrawals(spec.name)},
                          indent=2, default=str))
         return 0
     print_registry(args.spec, spec.name, versions, champion, reg.approvals(spec.name) if versions else [],
