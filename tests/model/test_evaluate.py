@@ -124,6 +124,11 @@ def test_latency_figures(result):
     assert lat["latency_p95_ms"] >= lat["latency_p50_ms"] > 0
     assert lat["throughput_ips"] > 0 and lat["model_size_mb"] > 0 and lat["params_m"] > 0
     assert result.metrics["latency_p95_ms"] == lat["latency_p95_ms"]
+    # the gated figures time the served path on the split's real test images; session.run alone beside them
+    assert lat["timed_path"] == ev.SERVED_PATH and lat["served_images"] == result.n_images
+    assert lat["model_latency_p95_ms"] >= lat["model_latency_p50_ms"] > 0
+    assert lat["latency_p50_ms"] >= lat["model_latency_p50_ms"]
+    assert "model_latency_p95_ms" not in result.metrics  # reported, not gated
     assert result.metrics["model_size_mb"] == pytest.approx(Path(result.onnx_path).stat().st_size / 2**20, rel=1e-3)
 
 
@@ -141,8 +146,9 @@ def test_metrics_json_and_gate_metrics(result):
 def test_torch_backend_without_onnx(tmp_path, checkpoint, data, result):
     r = evaluate(checkpoint, data, tmp_path, export_onnx=False, latency_runs=200)
     assert r.onnx_path is None and r.onnx_max_abs_diff is None
-    assert r.latency["backend"] == "torch"
+    assert r.latency["backend"] == "torch" and r.latency["timed_path"] == ev.SERVED_PATH
     assert r.latency["latency_p95_ms"] >= r.latency["latency_p50_ms"] > 0
+    assert r.latency["latency_p50_ms"] >= r.latency["model_latency_p50_ms"] > 0
     assert not (tmp_path / "model.onnx").exists()
     # quality metrics do not depend on the backend
     for key in ("accuracy", "f1", "ece"):
