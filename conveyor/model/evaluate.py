@@ -71,9 +71,44 @@ class EvalResult:
     predictions_path: str | None = None  # per-image prediction features (the monitoring baseline)
     curves: dict = field(default_factory=dict)  # e.g. detection: precision-recall curves per class
     classes: list = field(default_factory=list)  # class order: rows and columns of the confusion matrix
+    # Rows of the split left out because they carry classes the model does not know (a class that is
+    # new since the model was trained): {"classes": [...], "rows": n}; empty when none was.
+    excluded: dict = field(default_factory=dict)
+    # The metrics on the rows whose classes are all in ``compare_classes`` (the classes the champion
+    # knows), for the champion comparison: {"classes": [...], "left_out": [...], "rows": n,
+    # "metrics": {...}}; empty when every class of the split is common.
+    common: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class KnownRows:
+    """The rows of one split whose classes a model knows, written as a split table of their own."""
+
+    split_path: Path
+    excluded_classes: list[str]
+    excluded_rows: int
+
+    def record(self) -> dict[str, Any]:
+        return {"classes": self.excluded_classes, "rows": self.excluded_rows} if self.excluded_rows else {}
+
+
+def known_rows(split_path: str | Path, split: str, task: str, classes: Sequence[str], out_path: Path) -> KnownRows:
+    """Leave out of ``split`` the rows with a class outside ``classes`` (as the task kind counts a
+    row's classes: its label, its boxes, its mask's classes ...). Without any, the table is used as it is."""
+    df = pl.read_parquet(split_path)
+    rows = df.with_row_index("__row").filter(pl.col("split") == split)
+    # class_frame carries the split column through: give it the row number to learn each row's classes
+    occ = kinds.get(task).class_frame(rows.with_columns(pl.col("__row").cast(pl.Utf8).alias("split")))
+    unknown = occ.filter(pl.col("cls").is_not_null() & ~pl.col("cls").cast(pl.Utf8).is_in([str(c) for c in classes]))
+    if unknown.height == 0:
+        return KnownRows(Path(split_path), [], 0)
+    drop = sorted({int(r) for r in unknown["split"].to_list()})
+    kept = df.with_row_index("__row").filter(~pl.col("__row").is_in(drop)).drop("__row")
+    write_parquet_atomic(kept, out_path)
+    return KnownRows(out_path, sorted({str(c) for c in unknown["cls"].to_list()}), len(drop))
 
 
 def gate_metrics(result: EvalResult | Mapping[str, Any]) -> dict[str, float]:
@@ -465,6 +500,7 @@ def evaluate(
     export_onnx: bool = True,
     progress: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    compare_classes: Sequence[str] | None = None,
 ) -> EvalResult:
     """Score a checkpoint on one split, export and check ONNX, measure latency, write metrics.json.
 
@@ -473,6 +509,10 @@ def evaluate(
     service's decode, preprocessing, model call and ``decode_prediction``; ``max_pixels`` is the
     service's decode limit, ``spec.data.max_pixels``). With ``export_onnx=False`` the model call is
     torch eager (``latency["backend"] == "torch"``).
+
+    Rows with classes the model does not know (new since it was trained) are left out of its
+    evaluation and recorded in ``excluded``. With ``compare_classes`` (the classes of the model this
+    one is compared with), the metrics on the rows whose classes are all common land in ``common``.
     """
     if latency_runs != 0:
         _check_runs(latency_runs)
@@ -483,12 +523,30 @@ def evaluate(
     classes = list(meta["classes"])
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(int(num_threads))
+    task = meta.get("task") or kinds.LEGACY_TASK
+    tmp = tempfile.TemporaryDirectory(prefix="conveyor-eval-")
     try:
+        source = split_path
+        known = known_rows(source, split, task, classes, Path(tmp.name) / "known.parquet")
+        split_path = known.split_path  # the rows the model can be scored on
         data = adapter.load_split(split_path, classes, split, int(meta["image_size"]), progress=progress)
         if len(data) == 0:
-            raise ValueError(f"split table {split_path} has no rows with split == {split!r}")
+            left_out = f" (all {known.excluded_rows} have classes the model does not know: {known.excluded_classes})" \
+                if known.excluded_rows else ""
+            raise ValueError(f"split table {source} has no rows with split == {split!r}{left_out}")
         outputs = adapter.predict(model, data, norm=(meta["mean"], meta["std"]), device="cpu")
         scored = adapter.evaluate_outputs(outputs, data, classes)
+        common: dict[str, Any] = {}
+        if compare_classes is not None:
+            both = [c for c in classes if c in {str(x) for x in compare_classes}]
+            sub = known_rows(split_path, split, task, both, Path(tmp.name) / "common.parquet") if both else None
+            if sub is not None and sub.excluded_rows:
+                cdata = adapter.load_split(sub.split_path, classes, split, int(meta["image_size"]), progress=progress)
+                if len(cdata):
+                    cscored = adapter.evaluate_outputs(
+                        adapter.predict(model, cdata, norm=(meta["mean"], meta["std"]), device="cpu"), cdata, classes)
+                    common = {"classes": both, "left_out": sub.excluded_classes, "rows": len(cdata),
+                              "left_out_rows": sub.excluded_rows, "metrics": dict(cscored.metrics)}
         predictions_path = write_parquet_atomic(pl.DataFrame(adapter.prediction_records(outputs, data, classes)),
                                                 out_dir / PREDICTIONS_NAME)
         deploy = adapter.deploy_module(model, meta)
@@ -532,7 +590,7 @@ def evaluate(
             size_mb = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / _MB
             if latency_runs:
                 latency = measure_served_torch_latency(
-                    deploy, meta.get("task") or kinds.LEGACY_TASK, classes, int(meta["image_size"]),
+                    deploy, task, classes, int(meta["image_size"]),
                     list(adapter.ONNX_OUTPUT_NAMES), read_encoded_images(split_path, split), latency_runs,
                     num_threads, max_pixels=max_pixels,
                     throughput_batch=getattr(adapter, "THROUGHPUT_BATCH", THROUGHPUT_BATCH))
@@ -559,8 +617,11 @@ def evaluate(
             predictions_path=str(predictions_path),
             curves=dict(getattr(scored, "curves", None) or {}),
             classes=classes,
+            excluded=known.record(),
+            common=common,
         )
         atomic_write_json(metrics_path, result.to_dict())
         return result
     finally:
         torch.set_num_threads(prev_threads)
+        tmp.cleanup()

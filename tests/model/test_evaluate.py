@@ -208,3 +208,46 @@ def test_perfect_and_confused_scores_are_computed_right():
 
 def test_module_constants():
     assert set(ev.LATENCY_METRICS) <= set(METRIC_DIRECTIONS)
+
+
+def test_known_rows_leaves_out_rows_of_unknown_classes(tmp_path):
+    rows = [{"id": f"i{k}", "path": f"/x/{k}.png", "label": lbl, "split": sp}
+            for k, (lbl, sp) in enumerate([("red", "test"), ("yellow", "test"), ("blue", "test"), ("yellow", "train")])]
+    table = tmp_path / "split.parquet"
+    pl.DataFrame(rows).write_parquet(table)
+    same = ev.known_rows(table, "test", "classification", ["red", "blue", "yellow"], tmp_path / "k.parquet")
+    assert same.split_path == table and same.record() == {} and not (tmp_path / "k.parquet").exists()
+    known = ev.known_rows(table, "test", "classification", CLASSES, tmp_path / "k.parquet")
+    assert known.record() == {"classes": ["yellow"], "rows": 1}
+    kept = pl.read_parquet(known.split_path)
+    assert kept["id"].to_list() == ["i0", "i2", "i3"]  # other splits are left as they are
+
+
+@pytest.mark.slow
+def test_a_class_the_model_does_not_know_is_left_out_and_recorded(tmp_path, checkpoint, data, result):
+    """A split with a class new since the model was trained: today's code fails on it."""
+    df = pl.read_parquet(data)
+    yellow = []
+    for j in range(4):
+        p = tmp_path / f"yellow-{j}.png"
+        Image.fromarray(np.full((SIZE, SIZE, 3), (210, 200, 30), dtype=np.uint8)).save(p)
+        yellow.append({"id": p.stem, "path": str(p), "label": "yellow", "split": "test", "content_hash": p.stem})
+    grown = tmp_path / "split.parquet"
+    pl.concat([df, pl.DataFrame(yellow)], how="vertical_relaxed").write_parquet(grown)
+    r = evaluate(checkpoint, grown, tmp_path / "eval", latency_runs=0, export_onnx=False)
+    assert r.excluded == {"classes": ["yellow"], "rows": 4} and r.n_images == result.n_images
+    assert r.metrics["f1"] == result.metrics["f1"] and r.classes == CLASSES
+    assert json.loads(Path(r.metrics_path).read_text())["excluded"] == r.excluded
+    assert result.excluded == {} and result.common == {}
+    # compared with a model that knows only red and green: the metrics on those rows beside the full ones
+    c = evaluate(checkpoint, data, tmp_path / "common", latency_runs=0, export_onnx=False,
+                 compare_classes=["red", "green"])
+    assert c.common["classes"] == ["red", "green"] and c.common["left_out"] == ["blue"]
+    n_blue = pl.read_parquet(data).filter((pl.col("split") == "test") & (pl.col("label") == "blue")).height
+    assert c.common["rows"] == result.n_images - n_blue and c.common["left_out_rows"] == n_blue
+    assert set(c.common["metrics"]) == set(r.metrics) - set(ev.LATENCY_METRICS)
+    assert c.metrics["f1"] == result.metrics["f1"]  # the full metrics are unchanged
+    with pytest.raises(ValueError, match="all 4 have classes the model does not know"):
+        only_yellow = tmp_path / "only.parquet"
+        pl.DataFrame(yellow).write_parquet(only_yellow)
+        evaluate(checkpoint, only_yellow, tmp_path / "none", latency_runs=0, export_onnx=False)
