@@ -75,3 +75,23 @@ def _champion_metrics_file(ws: Path) -> Path:
              and json.loads(p.read_text()).get("excluded")]
     assert len(files) == 1, files
     return files[0]
+
+
+def test_the_gate_compares_with_the_champion_on_the_common_classes():
+    from conveyor.core.spec import spec_from_dict
+    from conveyor.release.gate import evaluate_gate
+
+    spec = spec_from_dict(toy_spec_dict())
+    challenger = {"f1": 0.70, "latency_p95_ms": 5.0}  # every class, the new one included
+    champion = {"f1": 0.90, "latency_p95_ms": 5.0}  # the classes it knows
+    common = {"classes": ["blue", "green", "red"], "left_out": ["yellow"], "rows": 30, "metrics": {"f1": 0.92}}
+    plain = evaluate_gate(spec, challenger, champion, 1)
+    assert not plain.passed  # all classes against the champion's three: an unfair comparison
+    fair = evaluate_gate(spec, challenger, champion, 1, common=common)
+    assert fair.passed, fair.summary
+    rule = next(o for o in fair.outcomes if o.kind == "champion")
+    assert rule.value == 0.92 and "common classes (blue, green, red" in rule.reason and "yellow" in rule.reason
+    assert "yellow" in fair.summary
+    assert next(o for o in fair.outcomes if o.kind == "absolute" and o.metric == "f1").value == 0.70
+    worse = evaluate_gate(spec, challenger, champion, 1, common={**common, "metrics": {"f1": 0.5}})
+    assert not worse.passed and "yellow" in worse.summary
