@@ -43,6 +43,7 @@ def test_served_p95_covers_the_model_call_and_decode_is_timed(onnx_model):
         assert lat["timed_path"] == ev.SERVED_PATH and lat["model_timed_path"] == ev.MODEL_PATH
         assert lat["runs"] == 200 and lat["batch"] == 1 and lat["served_images"] == 4
         assert lat["latency_p95_ms"] >= lat["latency_p50_ms"] > 0
+        assert set(ev.MODEL_LATENCY_KEYS) <= set(lat)
         assert lat["model_latency_p95_ms"] >= lat["model_latency_p50_ms"] > 0
         # the served path contains the model call: it cannot be cheaper
         assert lat["latency_p95_ms"] >= lat["model_latency_p95_ms"]
