@@ -207,6 +207,11 @@ class SplitSpec(_Base):
         default="train", description="Where images of groups never seen before go once the evaluation set is frozen."
     )
     min_per_class_eval: int = Field(default=1, ge=0, description="Minimum images of every class in val and test.")
+    max_eval_loss: float = Field(
+        default=0.05, ge=0.0, le=1.0,
+        description="Largest share of the last cycle's evaluation images (val+test) that may be gone (deleted or "
+                    "quarantined) before the data contracts fail.",
+    )
     seed: int = Field(default=0, description="Seed of the deterministic hash order that assigns groups to splits.")
 
     @field_validator("ratios")

@@ -16,6 +16,10 @@ Suites and the frames they run on:
 - ``split_near_duplicates``: near-duplicate pairs across different splits; must have 0 rows.
 - ``split_class_coverage``: (eval split, class) counts over the full class set; count >= minimum.
 - ``split_sizes``: image count of every split whose ratio is above 0; count >= 1.
+- ``split_eval_loss``: the frozen evaluation images of the last cycle that this split no longer
+  holds (:class:`conveyor.data.split.EvalSetChange`), each with the share that is gone;
+  ``lost_fraction`` <= ``split.max_eval_loss``. Only when the split stage compared with an earlier
+  cycle; the report's ``eval_set`` says how many were lost either way.
 
 Task kinds bring their own suites (``TaskKind.contract_suites``): ``contract_frames`` gives the
 frames of the kind's manifest and split-frame suites (which replace ``manifest`` and
@@ -44,6 +48,7 @@ import polars as pl
 from conveyor import kinds
 from conveyor.core.io import atomic_write_json
 from conveyor.data.neardup import near_duplicate_pairs
+from conveyor.data.split import EvalSetChange
 from conveyor.kinds.base import TaskKind
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,6 +62,7 @@ EVAL_SPLITS = ("val", "test")
 MAX_EXAMPLES = 5
 # GX returns the row positions of up to this many failing rows; we keep MAX_EXAMPLES of them.
 _PARTIAL_COUNT = 20
+MAX_LISTED_LOST = 50  # lost evaluation images named in a failure message (all are in the report)
 _DATASOURCE = "conveyor_contracts"
 _ASSET = "frame"
 _BATCH_DEFINITION = "whole_frame"
@@ -123,6 +129,8 @@ class ContractReport:
     params: dict[str, Any] = field(default_factory=dict)
     # Raw GX ``ExpectationSuiteValidationResult.to_json_dict()`` per suite name.
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    # The evaluation set against the last cycle's (EvalSetChange.to_dict()); None: not compared.
+    eval_set: dict[str, Any] | None = None
 
     @property
     def failed_count(self) -> int:
@@ -146,15 +154,27 @@ class ContractReport:
             "failed_count": self.failed_count,
             "params": _jsonable(self.params),
             "suites": [s.to_dict() for s in self.suites],
+            "eval_set": _jsonable(self.eval_set),
         }
         if include_raw:
             d["gx_results"] = _jsonable(self.raw)
         return d
 
+    def eval_set_line(self) -> str | None:
+        """How many of the last cycle's frozen evaluation images are gone (None: not compared)."""
+        e = self.eval_set
+        if not e:
+            return None
+        return (f"evaluation set: {e['lost_count']} of {e['previous_size']} frozen val/test images of dataset "
+                f"{e['previous_dataset']} are gone ({e['lost_fraction']:.1%}, limit split.max_eval_loss="
+                f"{e['max_loss']:.1%}); {e['size']} now")
+
     def summary(self) -> str:
         names = ", ".join(s.name for s in self.suites)
+        eval_line = self.eval_set_line()
         if self.success:
-            return f"data contracts passed: {self.evaluated} expectations in {len(self.suites)} suites ({names})"
+            return (f"data contracts passed: {self.evaluated} expectations in {len(self.suites)} suites ({names})"
+                    + (f"; {eval_line}" if eval_line else ""))
         bad = [s for s in self.suites if not s.success]
         lines = [
             f"data contracts failed: {self.failed_count} of {self.evaluated} expectations failed "
@@ -168,6 +188,14 @@ class ContractReport:
                 lines.append(f"    observed: {_observed_text(f.observed)}")
                 for ex in f.examples:
                     lines.append(f"    e.g. {_short(ex, 300)}")
+        if eval_line:
+            lines.append(f"- {eval_line}")
+            lost = (self.eval_set or {}).get("lost") or []
+            if not (self.suite("split_eval_loss") or SuiteOutcome("", True, 0)).success:
+                lines.append("    missing evaluation images (path, content hash):")
+                lines.extend(f"    {x['path']} {x['content_hash']}" for x in lost[:MAX_LISTED_LOST])
+                if len(lost) > MAX_LISTED_LOST:
+                    lines.append(f"    ... and {len(lost) - MAX_LISTED_LOST} more (all in the report's eval_set)")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -204,6 +232,7 @@ def contract_params(spec: Spec, classes: list[str], now: datetime | None = None)
         "max_file_bytes": int(spec.data.max_file_mb * 1024 * 1024),
         "max_captured_at": (now.astimezone(timezone.utc) + timedelta(days=1)).isoformat(),
         "min_per_class_eval": int(spec.split.min_per_class_eval),
+        "max_eval_loss": float(spec.split.max_eval_loss),
         # used here to choose suites and build derived frames
         "group_by": spec.split.group_by,
         "eval_splits": [s for s in EVAL_SPLITS if ratios.get(s, 0) > 0],
@@ -563,7 +592,7 @@ def validate_manifest(
 
 def validate_split(
     split: pl.DataFrame, params: dict[str, Any], context=None, contracts_dir: str | Path | None = None,
-    spec: Spec | None = None,
+    spec: Spec | None = None, eval_change: EvalSetChange | None = None,
 ) -> ContractReport:
     """Run the task kind's split-frame suite on the split frame, then the leakage suites on derived
     frames, the kind's other split suites, class coverage (the kind's ``class_frame`` counted per
@@ -594,7 +623,22 @@ def validate_split(
     if _has(split, "split"):
         sizes = split_sizes_frame(split, list(params.get("nonempty_splits", SPLITS)))
         outcomes.append(v.run("split_sizes", sizes, params, contracts_dir))
-    return _merge(outcomes, params)
+    if eval_change is not None:
+        outcomes.append(v.run("split_eval_loss", eval_loss_frame(eval_change), params, contracts_dir,
+                              example_columns=["path", "content_hash", "split"]))
+    report = _merge(outcomes, params)
+    if eval_change is not None:
+        report.eval_set = eval_change.to_dict()
+    return report
+
+
+def eval_loss_frame(change: EvalSetChange) -> pl.DataFrame:
+    """One row per lost frozen evaluation image, with the share of the last set that is gone."""
+    return pl.DataFrame(
+        {"content_hash": [x.content_hash for x in change.lost], "split": [x.split for x in change.lost],
+         "path": [x.path for x in change.lost], "lost_fraction": [change.lost_fraction] * len(change.lost)},
+        schema={"content_hash": pl.Utf8, "split": pl.Utf8, "path": pl.Utf8, "lost_fraction": pl.Float64},
+    )
 
 
 def _class_occurrences(kind: TaskKind, split: pl.DataFrame) -> pl.DataFrame | None:
@@ -617,8 +661,12 @@ def run_contracts(
     raise_on_failure: bool = True,
     context=None,
     contracts_dir: str | Path | None = None,
+    eval_change: EvalSetChange | None = None,
 ) -> ContractReport:
     """Validate the manifest and the split with one GX context.
+
+    ``eval_change`` (the split stage's comparison with the last cycle's evaluation set) adds the
+    ``split_eval_loss`` suite: more than ``split.max_eval_loss`` of it gone fails the contracts.
 
     Writes the report (with the raw GX results per suite) to ``out_path`` atomically when given,
     before raising :class:`ContractError` on failure.
@@ -626,9 +674,10 @@ def run_contracts(
     params = contract_params(spec, classes)
     v = _validator(context)
     m = validate_manifest(manifest, params, context=v, contracts_dir=contracts_dir, spec=spec)
-    s = validate_split(split, params, context=v, contracts_dir=contracts_dir, spec=spec)
+    s = validate_split(split, params, context=v, contracts_dir=contracts_dir, spec=spec, eval_change=eval_change)
     report = ContractReport(
-        success=m.success and s.success, suites=m.suites + s.suites, params=params, raw={**m.raw, **s.raw}
+        success=m.success and s.success, suites=m.suites + s.suites, params=params, raw={**m.raw, **s.raw},
+        eval_set=s.eval_set,
     )
     if out_path is not None:
         atomic_write_json(out_path, report.to_dict(include_raw=True))

@@ -8,6 +8,13 @@ uploaded again. Images of groups never seen before go to train (``new_groups_to:
 assigned by the ratios (``new_groups_to: ratio``). A new image that is a near-duplicate of a
 frozen evaluation image takes that image's split, so it cannot reach train.
 
+Each cycle compares its evaluation set (val+test, by content hash) with the last cycle's, kept in
+the workspace state beside the frozen assignments (``eval_set.parquet``): the sizes and the frozen
+evaluation images that are gone (deleted or quarantined) land in :class:`EvalSetChange`, in the
+split summary, and the data contracts fail when more than ``split.max_eval_loss`` of the last set
+is gone. A loss above that limit stays owed: the lost images remain in the stored set, so the next
+cycle still counts them until they come back or the limit is raised for a cycle to accept it.
+
 Machine labels (``label_source`` ``machine``, from auto-labelling) train and never evaluate: they
 do not count when groups are assigned, a group of machine labels only goes to train, and a
 machine-labelled image whose group is in val or test is held out of the split (counted in
@@ -33,11 +40,56 @@ from conveyor.core.io import atomic_write_json, stable_hash, write_parquet_atomi
 SPLITS = ("train", "val", "test")
 EVAL_SPLITS = ("val", "test")
 STATE_FILE = "frozen_split.parquet"
+EVAL_SET_FILE = "eval_set.parquet"
+_EVAL_SET_SCHEMA = {"dataset_version": pl.Utf8, "content_hash": pl.Utf8, "split": pl.Utf8, "path": pl.Utf8}
 _STATE_SCHEMA = {"content_hash": pl.Utf8, "phash": pl.Utf8, "group": pl.Utf8, "split": pl.Utf8, "first_dataset": pl.Utf8}
 
 
 class SplitError(ValueError):
     """The data cannot be split as the spec asks (e.g. fewer groups than splits)."""
+
+
+@dataclass(frozen=True)
+class LostImage:
+    """A frozen evaluation image of the last cycle that this cycle's split no longer holds."""
+
+    content_hash: str
+    split: str
+    path: str
+
+
+@dataclass(frozen=True)
+class EvalSetChange:
+    """This cycle's evaluation set (val+test) against the last cycle's, by size and content hash."""
+
+    previous_dataset: str
+    previous_size: int
+    size: int
+    lost: tuple[LostImage, ...] = ()
+    max_loss: float = 0.0
+
+    @property
+    def lost_fraction(self) -> float:
+        return len(self.lost) / self.previous_size if self.previous_size else 0.0
+
+    @property
+    def exceeded(self) -> bool:
+        return self.lost_fraction > self.max_loss
+
+    def describe(self) -> str:
+        return (f"evaluation set: {len(self.lost)} of {self.previous_size} frozen val/test images of dataset "
+                f"{self.previous_dataset} are gone ({self.lost_fraction:.1%}, limit split.max_eval_loss="
+                f"{self.max_loss:.1%}); {self.size} now")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "lost": [asdict(x) for x in self.lost], "lost_count": len(self.lost),
+                "lost_fraction": self.lost_fraction, "exceeded": self.exceeded}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EvalSetChange":
+        return cls(previous_dataset=str(d["previous_dataset"]), previous_size=int(d["previous_size"]),
+                   size=int(d["size"]), lost=tuple(LostImage(**x) for x in d.get("lost", [])),
+                   max_loss=float(d.get("max_loss", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -52,6 +104,7 @@ class SplitResult:
     frozen_images: int
     eval_hash: str = field(default="")
     held_out_machine: int = 0
+    eval_change: EvalSetChange | None = None  # None: no earlier cycle to compare with
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,9 +185,68 @@ def frozen_eval_hashes(state_dir: str | Path, exclude_dataset: str | None = None
 
 def frozen_state_key(state_dir: str | Path, dataset_version: str) -> str:
     """A key of the frozen assignments a split of ``dataset_version`` starts from: the state rows
-    other dataset versions wrote (this version's own rows are its output, so a rerun keys the same)."""
+    other dataset versions wrote (this version's own rows are its output, so a rerun keys the same),
+    and the evaluation set it is compared with."""
     st = load_state(state_dir).filter(pl.col("first_dataset") != dataset_version)
-    return stable_hash(st.sort(st.columns).rows()) if st.height else "empty"
+    key = stable_hash(st.sort(st.columns).rows()) if st.height else "empty"
+    ref = previous_eval_set(state_dir, dataset_version)
+    return key if ref.height == 0 else stable_hash([key, ref.sort(ref.columns).rows()])
+
+
+def load_eval_sets(state_dir: str | Path) -> pl.DataFrame:
+    p = Path(state_dir) / EVAL_SET_FILE
+    if p.exists():
+        return pl.read_parquet(p)
+    return pl.DataFrame(schema=_EVAL_SET_SCHEMA)
+
+
+def previous_eval_set(state_dir: str | Path, dataset_version: str) -> pl.DataFrame:
+    """The evaluation set a split of ``dataset_version`` is compared with: the one the last other
+    dataset version stored (a rerun of a version compares with the same set as its first run)."""
+    sets = load_eval_sets(state_dir).filter(pl.col("dataset_version") != dataset_version)
+    if sets.height == 0:
+        return sets
+    last = sets["dataset_version"][-1]
+    return sets.filter(pl.col("dataset_version") == last)
+
+
+def compare_eval_sets(previous: pl.DataFrame, current: pl.DataFrame, max_loss: float) -> EvalSetChange | None:
+    """``current``'s evaluation rows (content_hash, split, path) against ``previous``'s stored set."""
+    if previous.height == 0:
+        return None
+    now = set(current["content_hash"].to_list())
+    gone = previous.filter(~pl.col("content_hash").is_in(list(now))).sort("path")
+    lost = tuple(LostImage(content_hash=h, split=s, path=p)
+                 for h, s, p in gone.select("content_hash", "split", "path").rows())
+    return EvalSetChange(previous_dataset=str(previous["dataset_version"][0]), previous_size=previous.height,
+                         size=current.height, lost=lost, max_loss=float(max_loss))
+
+
+def _store_eval_set(state_dir: str | Path, dataset_version: str, current: pl.DataFrame,
+                    previous: pl.DataFrame, change: EvalSetChange | None) -> None:
+    """Keep this version's evaluation set (and the one before it, for reruns of this version). A
+    loss above the limit stays owed: the lost rows are kept in the stored set."""
+    rows = current.select("content_hash", "split", "path")
+    if change is not None and change.exceeded:
+        owed = previous.filter(pl.col("content_hash").is_in([x.content_hash for x in change.lost]))
+        rows = pl.concat([rows, owed.select("content_hash", "split", "path")], how="vertical_relaxed")
+    rows = rows.unique("content_hash", keep="first", maintain_order=True).with_columns(
+        pl.lit(dataset_version).alias("dataset_version")).select(list(_EVAL_SET_SCHEMA))
+    keep = pl.concat([previous.select(list(_EVAL_SET_SCHEMA)), rows], how="vertical_relaxed") \
+        if previous.height else rows
+    os.makedirs(state_dir, exist_ok=True)
+    write_parquet_atomic(keep, Path(state_dir) / EVAL_SET_FILE)
+
+
+def read_eval_change(split_path: str | Path) -> EvalSetChange | None:
+    """The :class:`EvalSetChange` recorded in the summary beside a split table (None: none)."""
+    import json
+
+    p = Path(split_path).parent / "summary.json"
+    if not p.exists():
+        return None
+    d = json.loads(p.read_text()).get("eval_set")
+    return EvalSetChange.from_dict(d) if d else None
 
 
 def split(
@@ -241,7 +353,13 @@ def split(
     per_class = {
         s: {c: int(((occ["split"] == s) & (occ["cls"] == c)).sum()) for c in class_list} for s in SPLITS
     }
-    eval_hash = stable_hash(sorted(df.filter(pl.col("split").is_in(EVAL_SPLITS)).select("content_hash", "split").rows()))
+    eval_rows = df.filter(pl.col("split").is_in(EVAL_SPLITS))
+    eval_hash = stable_hash(sorted(eval_rows.select("content_hash", "split").rows()))
+    eval_change: EvalSetChange | None = None
+    if frozen:
+        previous = previous_eval_set(state_dir, dataset_version)
+        eval_change = compare_eval_sets(previous, eval_rows, spec.split.max_eval_loss)
+        _store_eval_set(state_dir, dataset_version, eval_rows, previous, eval_change)
     summary = {
         "split_version": split_version,
         "group_by": spec.split.group_by,
@@ -252,6 +370,7 @@ def split(
         "frozen_images": len(by_hash),
         "eval_hash": eval_hash,
         "held_out_machine": held_out_machine,
+        "eval_set": eval_change.to_dict() if eval_change is not None else None,
     }
     summary_path = atomic_write_json(out_dir / "summary.json", summary)
     return SplitResult(
@@ -265,4 +384,5 @@ def split(
         frozen_images=len(by_hash),
         eval_hash=eval_hash,
         held_out_machine=held_out_machine,
+        eval_change=eval_change,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from conveyor.core.spec import METRIC_DIRECTIONS, Spec
 
@@ -73,11 +73,14 @@ def evaluate_gate(
     challenger: dict[str, float],
     champion: dict[str, float] | None = None,
     champion_version: int | None = None,
+    common: Mapping[str, Any] | None = None,
 ) -> GateDecision:
     """Check the challenger's metrics against the spec's rules.
 
     With no champion (the first model) only the absolute rules apply. A metric the evaluation did
-    not produce fails its rule: a missing number is never a pass.
+    not produce fails its rule: a missing number is never a pass. ``common`` (``EvalResult.common``
+    of the challenger: its metrics on the classes the champion knows too) replaces the challenger's
+    metrics in the champion comparison when the data has classes the champion does not know.
     """
     outcomes: list[RuleOutcome] = []
     rules = spec.gates.parsed_rules()
@@ -94,11 +97,17 @@ def evaluate_gate(
         outcomes.append(RuleOutcome(str(rule), "absolute", rule.key, rule.op, rule.threshold, value, ok,
                                     f"{rule.key} = {value:.4g} {'meets' if ok else 'fails'} {rule.op} {rule.threshold:g}"))
 
+    on_common = ""
+    compared = challenger
+    if champion is not None and common:
+        compared = dict(common["metrics"])
+        on_common = (f" on the common classes ({', '.join(common['classes'])}; new class(es) "
+                     f"{', '.join(common['left_out'])} left out of both: the champion does not know them)")
     if champion is not None:
         tol = spec.gates.champion.tolerance
         for key in spec.gates.champion.metrics:
             direction = _direction(key)
-            value, champ = _value(challenger, key), _value(champion, key)
+            value, champ = _value(compared, key), _value(champion, key)
             op = ">=" if direction == "higher" else "<="
             threshold = None if champ is None else (champ - tol if direction == "higher" else champ + tol)
             text = f"{key} {op} champion {'-' if direction == 'higher' else '+'} {tol:g}"
@@ -111,7 +120,7 @@ def evaluate_gate(
             verb = "beats or ties" if ok else "is worse than"
             outcomes.append(RuleOutcome(text, "champion", key, op, threshold, value, ok,
                                         f"challenger {key} = {value:.4g} {verb} champion v{champion_version} "
-                                        f"({champ:.4g}, tolerance {tol:g})", champion_value=champ))
+                                        f"({champ:.4g}, tolerance {tol:g}){on_common}", champion_value=champ))
 
     passed = all(o.passed for o in outcomes)
     failed = [o for o in outcomes if not o.passed]
@@ -119,6 +128,8 @@ def evaluate_gate(
         summary = "all gate rules pass" + ("" if champion is not None else " (no champion yet: absolute rules only)")
     else:
         summary = f"{len(failed)} of {len(outcomes)} gate rules fail: " + "; ".join(o.reason for o in failed)
+    if on_common:
+        summary += f"; champion compared{on_common}"
     return GateDecision(passed, "promote" if passed else "reject", outcomes, champion_version, summary)
 
 

@@ -381,7 +381,7 @@ def test_suite_files_are_valid_gx_and_parameters_exist(spec):
     others = {s for k in kinds.available() if k != spec.task for s in kinds.get(k).contract_suites}
     assert [n for n in names if n not in others] == sorted([
         "manifest", "manifest_time", "split_frame", "split_groups", "split_duplicates",
-        "split_near_duplicates", "split_class_coverage", "split_sizes", "split_label_sources",
+        "split_near_duplicates", "split_class_coverage", "split_sizes", "split_label_sources", "split_eval_loss",
     ])
     assert {"segmentation_manifest", "segmentation_split_frame", "segmentation_class_coverage"} <= set(names)
     for name in names:

@@ -124,6 +124,11 @@ def test_latency_figures(result):
     assert lat["latency_p95_ms"] >= lat["latency_p50_ms"] > 0
     assert lat["throughput_ips"] > 0 and lat["model_size_mb"] > 0 and lat["params_m"] > 0
     assert result.metrics["latency_p95_ms"] == lat["latency_p95_ms"]
+    # the gated figures time the served path on the split's real test images; session.run alone beside them
+    assert lat["timed_path"] == ev.SERVED_PATH and lat["served_images"] == result.n_images
+    assert lat["model_latency_p95_ms"] >= lat["model_latency_p50_ms"] > 0
+    assert lat["latency_p50_ms"] >= lat["model_latency_p50_ms"]
+    assert "model_latency_p95_ms" not in result.metrics  # reported, not gated
     assert result.metrics["model_size_mb"] == pytest.approx(Path(result.onnx_path).stat().st_size / 2**20, rel=1e-3)
 
 
@@ -141,8 +146,9 @@ def test_metrics_json_and_gate_metrics(result):
 def test_torch_backend_without_onnx(tmp_path, checkpoint, data, result):
     r = evaluate(checkpoint, data, tmp_path, export_onnx=False, latency_runs=200)
     assert r.onnx_path is None and r.onnx_max_abs_diff is None
-    assert r.latency["backend"] == "torch"
+    assert r.latency["backend"] == "torch" and r.latency["timed_path"] == ev.SERVED_PATH
     assert r.latency["latency_p95_ms"] >= r.latency["latency_p50_ms"] > 0
+    assert r.latency["latency_p50_ms"] >= r.latency["model_latency_p50_ms"] > 0
     assert not (tmp_path / "model.onnx").exists()
     # quality metrics do not depend on the backend
     for key in ("accuracy", "f1", "ece"):
@@ -202,3 +208,46 @@ def test_perfect_and_confused_scores_are_computed_right():
 
 def test_module_constants():
     assert set(ev.LATENCY_METRICS) <= set(METRIC_DIRECTIONS)
+
+
+def test_known_rows_leaves_out_rows_of_unknown_classes(tmp_path):
+    rows = [{"id": f"i{k}", "path": f"/x/{k}.png", "label": lbl, "split": sp}
+            for k, (lbl, sp) in enumerate([("red", "test"), ("yellow", "test"), ("blue", "test"), ("yellow", "train")])]
+    table = tmp_path / "split.parquet"
+    pl.DataFrame(rows).write_parquet(table)
+    same = ev.known_rows(table, "test", "classification", ["red", "blue", "yellow"], tmp_path / "k.parquet")
+    assert same.split_path == table and same.record() == {} and not (tmp_path / "k.parquet").exists()
+    known = ev.known_rows(table, "test", "classification", CLASSES, tmp_path / "k.parquet")
+    assert known.record() == {"classes": ["yellow"], "rows": 1}
+    kept = pl.read_parquet(known.split_path)
+    assert kept["id"].to_list() == ["i0", "i2", "i3"]  # other splits are left as they are
+
+
+@pytest.mark.slow
+def test_a_class_the_model_does_not_know_is_left_out_and_recorded(tmp_path, checkpoint, data, result):
+    """A split with a class new since the model was trained: today's code fails on it."""
+    df = pl.read_parquet(data)
+    yellow = []
+    for j in range(4):
+        p = tmp_path / f"yellow-{j}.png"
+        Image.fromarray(np.full((SIZE, SIZE, 3), (210, 200, 30), dtype=np.uint8)).save(p)
+        yellow.append({"id": p.stem, "path": str(p), "label": "yellow", "split": "test", "content_hash": p.stem})
+    grown = tmp_path / "split.parquet"
+    pl.concat([df, pl.DataFrame(yellow)], how="vertical_relaxed").write_parquet(grown)
+    r = evaluate(checkpoint, grown, tmp_path / "eval", latency_runs=0, export_onnx=False)
+    assert r.excluded == {"classes": ["yellow"], "rows": 4} and r.n_images == result.n_images
+    assert r.metrics["f1"] == result.metrics["f1"] and r.classes == CLASSES
+    assert json.loads(Path(r.metrics_path).read_text())["excluded"] == r.excluded
+    assert result.excluded == {} and result.common == {}
+    # compared with a model that knows only red and green: the metrics on those rows beside the full ones
+    c = evaluate(checkpoint, data, tmp_path / "common", latency_runs=0, export_onnx=False,
+                 compare_classes=["red", "green"])
+    assert c.common["classes"] == ["red", "green"] and c.common["left_out"] == ["blue"]
+    n_blue = pl.read_parquet(data).filter((pl.col("split") == "test") & (pl.col("label") == "blue")).height
+    assert c.common["rows"] == result.n_images - n_blue and c.common["left_out_rows"] == n_blue
+    assert set(c.common["metrics"]) == set(r.metrics) - set(ev.LATENCY_METRICS)
+    assert c.metrics["f1"] == result.metrics["f1"]  # the full metrics are unchanged
+    with pytest.raises(ValueError, match="all 4 have classes the model does not know"):
+        only_yellow = tmp_path / "only.parquet"
+        pl.DataFrame(yellow).write_parquet(only_yellow)
+        evaluate(checkpoint, only_yellow, tmp_path / "none", latency_runs=0, export_onnx=False)

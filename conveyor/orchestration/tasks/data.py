@@ -16,7 +16,7 @@ from conveyor.labels import stage as review
 from conveyor.data.fingerprint import source_fingerprint
 from conveyor.data.ingest import IngestResult, ingest
 from conveyor.core.spec import Spec
-from conveyor.data.split import SplitResult, frozen_eval_hashes, frozen_state_key, split
+from conveyor.data.split import SplitResult, frozen_eval_hashes, frozen_state_key, read_eval_change, split
 from conveyor.core.workspace import Workspace
 from conveyor.orchestration.tasks.common import RETRY, content_cache, run_logger
 
@@ -80,11 +80,13 @@ def contracts_task(spec: Spec, manifest_path: str, split_path: str, dataset_vers
     manifest = pl.read_parquet(manifest_path)
     split_df = pl.read_parquet(split_path)
     try:
-        report: ContractReport = run_contracts(manifest, split_df, spec, classes, out_path=out, raise_on_failure=True)
+        report: ContractReport = run_contracts(manifest, split_df, spec, classes, out_path=out, raise_on_failure=True,
+                                               eval_change=read_eval_change(split_path))
     except ContractError:
         shutil.copyfile(out, Path(run_dir) / "contracts.json")
         raise
-    run_logger().info("data contracts passed: %d suites", len(report.suites))
+    run_logger().info("data contracts passed: %d suites%s", len(report.suites),
+                      f"; {report.eval_set_line()}" if report.eval_set else "")
     return str(out)
 
 

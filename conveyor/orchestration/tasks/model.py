@@ -31,9 +31,14 @@ def train_task(spec: Spec, split_path: str, split_version: str, dataset_version:
 
 @task(name="evaluate", cache_policy=content_cache("checkpoint_path", "split_path"), persist_result=True, **RETRY)
 def evaluate_task(checkpoint_path: str, checkpoint_hash: str, split_path: str, split_version: str,
-                  num_threads: int, workspace: str, role: str = "challenger") -> EvalResult:
+                  num_threads: int, workspace: str, role: str = "challenger",
+                  compare_classes: list[str] | None = None) -> EvalResult:
     out_dir = Workspace(workspace).evals / f"{checkpoint_hash[:16]}-{split_version}"
-    res = evaluate(checkpoint_path, split_path, out_dir, split="test", num_threads=num_threads, progress=True)
+    res = evaluate(checkpoint_path, split_path, out_dir, split="test", num_threads=num_threads, progress=True,
+                   compare_classes=compare_classes)
+    if res.excluded:
+        run_logger().warning("%s does not know class(es) %s: %d test rows left out of its evaluation", role,
+                             res.excluded["classes"], res.excluded["rows"])
     m = res.metrics
     run_logger().info("%s on %d test images: f1=%.4f ece=%.4f p95=%.2f ms (%s)", role, res.n_images,
                           m.get("f1", float("nan")), m.get("ece", float("nan")), m.get("latency_p95_ms", float("nan")),

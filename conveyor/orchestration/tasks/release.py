@@ -27,14 +27,15 @@ def withdrawal_task(name: str, registry_root: str, model_hash: str) -> dict | No
 
 @task(name="gate")
 def gate_task(spec: Spec, challenger: dict, champion: dict | None, champion_version: int | None,
-              same_as_champion: bool = False, withdrawal: dict | None = None) -> GateDecision:
+              same_as_champion: bool = False, withdrawal: dict | None = None,
+              common: dict | None = None) -> GateDecision:
     log = run_logger()
     if withdrawal is not None:
         decision = withdrawn_decision(withdrawal, Registry.withdrawn_message(withdrawal), champion_version)
     elif same_as_champion:
         decision = skip_decision(champion_version, f"the challenger is champion v{champion_version} (data, spec and code unchanged)")
     else:
-        decision = evaluate_gate(spec, challenger, champion, champion_version)
+        decision = evaluate_gate(spec, challenger, champion, champion_version, common=common)
     for o in decision.outcomes:
         (log.info if o.passed else log.warning)("gate %s: %s", "PASS" if o.passed else "FAIL", o.reason)
     log.info("gate decision: %s (%s)", decision.decision, decision.summary)
