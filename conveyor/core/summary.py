@@ -44,6 +44,24 @@ class RuleResult(_Record):
     passed: bool
     reason: str
     champion_value: float | None = None
+    status: str = ""  # "pass" | "fail" | "too small to judge" | "not sliceable"; "" before sliced gates
+    slice: str | None = None  # e.g. "camera cam-03"; None: the whole test split
+    n: int | None = None
+    delta: float | None = None  # challenger minus champion
+    ci_low: float | None = None  # paired bootstrap 95% interval of delta
+    ci_high: float | None = None
+
+    @property
+    def result(self) -> str:
+        """"pass", "fail", "too small to judge" or "not sliceable"."""
+        return self.status or ("pass" if self.passed else "fail")
+
+    @property
+    def interval(self) -> str | None:
+        """The 95% interval of challenger minus champion, as text; None without one."""
+        if self.ci_low is None or self.ci_high is None:
+            return None
+        return f"{self.delta:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}]"
 
 
 class ReviewCounts(_Record):
