@@ -23,6 +23,9 @@ from conveyor.core.io import atomic_write_json
 
 SCHEMA_VERSION = 1
 
+#: Fields of a gate outcome that only sliced gates and champion intervals set; written only when set.
+SLICED_FIELDS = ("status", "slice", "n", "delta", "ci_low", "ci_high")
+
 #: The keys of a skipped cycle's summary (besides ``schema_version``).
 SKIPPED_KEYS = ("run_id", "spec", "task", "trigger", "reason", "workspace", "run_dir", "decision", "skipped_because")
 
@@ -50,6 +53,15 @@ class RuleResult(_Record):
     delta: float | None = None  # challenger minus champion
     ci_low: float | None = None  # paired bootstrap 95% interval of delta
     ci_high: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _sliced_fields_when_set(self, handler) -> dict[str, Any]:
+        """The slice and interval fields only where the gate set them (the form outcomes always had)."""
+        data = handler(self)
+        for key in SLICED_FIELDS:
+            if data.get(key) in (None, ""):
+                data.pop(key, None)
+        return data
 
     @property
     def result(self) -> str:

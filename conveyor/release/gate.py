@@ -13,6 +13,7 @@ import polars as pl
 
 from conveyor import kinds
 from conveyor.core.spec import METRIC_DIRECTIONS, RUNTIME_METRICS, Spec
+from conveyor.core.summary import SLICED_FIELDS
 
 # How a run reports each gate decision. "pending" is a challenger that passed the gate and waits for a
 # reviewer (gates.require_approval); it is the cycle's decision, never the gate's.
@@ -48,7 +49,8 @@ class RuleOutcome:
         return self.status or ("pass" if self.passed else "fail")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The outcome's fields; those of slices and intervals only where set (the form outcomes always had)."""
+        return {k: v for k, v in asdict(self).items() if k not in SLICED_FIELDS or v not in (None, "")}
 
 
 @dataclass(frozen=True)
