@@ -160,3 +160,15 @@ def test_slice_evidence_joins_the_split_columns_and_checks_the_rows_are_paired(t
     # a slice column the split table does not have fails the gate
     decision = evaluate_gate(_spec(slices=["scene"]), _overall(records), evidence=ev)
     assert not decision.passed and "slice column 'scene' is not in the split table" in decision.summary
+
+
+def test_a_metric_the_kind_cannot_slice_is_reported_not_sliceable_never_a_silent_pass():
+    spec = spec_from_dict({"name": "d", "task": "detection", "data": {"source": "data", "classes": ["box"]},
+                           "gates": {"rules": ["map50 >= 0.5"], "slices": ["camera"]}})
+    records = pl.DataFrame({"id": [f"i{i}" for i in range(40)], "camera": ["cam-01"] * 40})
+    decision = evaluate_gate(spec, {"map50": 0.6}, evidence=SliceEvidence(records, None, ("box",)))
+    (unsliced,) = [o for o in decision.outcomes if o.kind == "slice"]
+    assert unsliced.status == "not sliceable" and unsliced.result == "not sliceable"
+    assert "map50: not sliceable for task 'detection'" in unsliced.reason
+    assert decision.passed and decision.summary == "all gate rules pass (no champion yet: absolute rules only) " \
+                                                   "(1 metrics not sliceable)"
