@@ -384,6 +384,19 @@ class GatesSpec(_Base):
         default=False,
         description="A challenger that passes the gate waits for a reviewer (`conveyor approve` / `conveyor reject`) "
                     "before it is promoted or its rollout starts.")
+    slices: list[str] = Field(
+        default_factory=list,
+        description="Manifest columns (e.g. `camera`, `scene`) whose values each gate as a slice of the test split: "
+                    "the absolute rules apply to every slice with at least `min_slice_size` images, and the champion "
+                    "comparison rejects a slice where the paired bootstrap interval of challenger minus champion lies "
+                    "entirely beyond `champion.tolerance`. Smaller slices are reported as too small to judge.")
+    min_slice_size: int = Field(
+        default=30, ge=1,
+        description="Test images a slice needs before the gate judges it; smaller slices never block.")
+    bootstrap_resamples: int = Field(
+        default=1000, ge=100,
+        description="Paired bootstrap resamples of the test images for the champion comparison's 95% intervals.")
+    bootstrap_seed: int = Field(default=0, description="Seed of the paired bootstrap (the intervals are reproducible).")
 
     @field_validator("rules")
     @classmethod

@@ -23,6 +23,9 @@ from conveyor.core.io import atomic_write_json
 
 SCHEMA_VERSION = 1
 
+#: Fields of a gate outcome that only sliced gates and champion intervals set; written only when set.
+SLICED_FIELDS = ("status", "slice", "n", "delta", "ci_low", "ci_high")
+
 #: The keys of a skipped cycle's summary (besides ``schema_version``).
 SKIPPED_KEYS = ("run_id", "spec", "task", "trigger", "reason", "workspace", "run_dir", "decision", "skipped_because")
 
@@ -44,6 +47,33 @@ class RuleResult(_Record):
     passed: bool
     reason: str
     champion_value: float | None = None
+    status: str = ""  # "pass" | "fail" | "too small to judge" | "not sliceable"; "" before sliced gates
+    slice: str | None = None  # e.g. "camera cam-03"; None: the whole test split
+    n: int | None = None
+    delta: float | None = None  # challenger minus champion
+    ci_low: float | None = None  # paired bootstrap 95% interval of delta
+    ci_high: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _sliced_fields_when_set(self, handler) -> dict[str, Any]:
+        """The slice and interval fields only where the gate set them (the form outcomes always had)."""
+        data = handler(self)
+        for key in SLICED_FIELDS:
+            if data.get(key) in (None, ""):
+                data.pop(key, None)
+        return data
+
+    @property
+    def result(self) -> str:
+        """"pass", "fail", "too small to judge" or "not sliceable"."""
+        return self.status or ("pass" if self.passed else "fail")
+
+    @property
+    def interval(self) -> str | None:
+        """The 95% interval of challenger minus champion, as text; None without one."""
+        if self.ci_low is None or self.ci_high is None:
+            return None
+        return f"{self.delta:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}]"
 
 
 class ReviewCounts(_Record):

@@ -269,3 +269,14 @@ class TaskKind:
     def class_count_unit(self) -> str:
         """What one class occurrence in the split's per-class counts is (images; detection: boxes)."""
         return "images"
+
+    # ---- Slices (per-image records for sliced gates) --------------------------------------------------
+    #: The metrics :meth:`slice_metrics` computes on any subset of the test images. A metric of the kind
+    #: that is not listed has no per-image decomposition: sliced gates report it as "not sliceable".
+    sliceable_metrics: ClassVar[frozenset[str]] = frozenset()
+
+    def slice_metrics(self, predictions: "pl.DataFrame", classes: Sequence[str]) -> dict[str, float]:
+        """The kind's metrics on a subset of its per-image prediction records (the rows the torch
+        adapter's ``prediction_records`` wrote, one per image), keyed as the evaluation keys them.
+        Only the :attr:`sliceable_metrics` (and their per-class forms) are computed; by default none."""
+        return {}

@@ -10,17 +10,23 @@ with who made it, when and why, in the approval row and in the version's lineage
 (``lineage["approval"]``), one registry transaction; ``version.json`` in the version folder is written
 once at registration and does not change. A decision is final: deciding twice, or approving a version
 whose gate failed, is an error.
+
+A version is gated against the champion of its cycle, on that cycle's frozen test split. When either
+has changed by the time a reviewer approves (a newer champion was promoted, or a later cycle froze
+more test images), ``approve`` gates the version again against the current champion on the current
+frozen split (:func:`regate`) and refuses when that decision is to reject; the version stays pending.
 """
 
 from __future__ import annotations
 
 import shlex
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from conveyor.core import events
 from conveyor.release import policy
-from conveyor.release.gate import DECISION_WORDS, GateDecision
+from conveyor.release.gate import DECISION_WORDS, GateDecision, evaluate_gate, gate_evidence
 from conveyor.release.policy import ReleaseResult
 from conveyor.release.registry import ModelVersion, Registry, RegistryError
 from conveyor.core.spec import Spec
@@ -111,10 +117,12 @@ class ApprovalResult:
     replaces: int | None = None  # a newer champion this approval replaces (or rolls out against)
     release: ReleaseResult | None = None  # what the release step did (approve)
     events: list[dict[str, Any]] = field(default_factory=list)
+    regate: Regate | None = None  # the gate decision made again at approval (champion or test split changed)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["events"] = [e["event"] for e in self.events]
+        d["regate"] = self.regate.to_dict() if self.regate is not None else None
         return d
 
 
@@ -170,6 +178,103 @@ def _pending(row: dict[str, Any] | None, mv: ModelVersion, name: str) -> dict[st
     return row
 
 
+# ---- gating again at approval time ----------------------------------------------------------------
+SPLIT_FILE = "split.parquet"
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One model scored on a frozen test split: its metrics and per-image predictions (for the slices
+    and the paired intervals of the gate; None when the evaluation wrote none)."""
+
+    metrics: dict[str, float]
+    predictions_path: str | None = None
+    classes: list[str] | None = None
+
+
+#: Scores a registered version on a split table: ``(version, split_path, out_dir) -> Scores``.
+Evaluator = Callable[[ModelVersion, str, Path], Scores]
+
+
+def evaluate_version(mv: ModelVersion, split_path: str, out_dir: Path) -> Scores:
+    """The version's checkpoint on the split's test rows (quality metrics only: its latency and size
+    were measured at registration and do not depend on the test images)."""
+    from conveyor.model.evaluate import evaluate
+
+    res = evaluate(mv.file("checkpoint.pt"), split_path, out_dir, split="test", latency_runs=0, export_onnx=False)
+    return Scores(res.metrics, res.predictions_path, list(res.classes or []))
+
+
+@dataclass(frozen=True)
+class FrozenSet:
+    """The newest frozen test split in the registry: the split the latest registered version was gated on."""
+
+    split_path: str
+    eval_set_hash: str | None
+    version: int  # the version that registered it
+
+
+@dataclass(frozen=True)
+class Regate:
+    """A pending version gated again when its champion or its frozen test split changed since it was gated."""
+
+    why: str
+    decision: GateDecision
+    champion_version: int | None  # the champion it was gated against now
+    gated_against: int | None  # the champion at registration
+    eval_set_hash: str | None  # the frozen split it was gated on now
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"why": self.why, "decision": self.decision.to_dict(), "champion_version": self.champion_version,
+                "gated_against": self.gated_against, "eval_set_hash": self.eval_set_hash}
+
+
+def current_frozen_set(registry: Registry, name: str) -> FrozenSet | None:
+    """The split table of the newest registered version that kept one (None: no version did)."""
+    for mv in reversed(registry.list(name)):
+        if mv.file(SPLIT_FILE).exists():
+            return FrozenSet(str(mv.file(SPLIT_FILE)), (mv.lineage or {}).get("eval_set_hash"), mv.version)
+    return None
+
+
+def regate(spec: Spec, ws: Workspace, registry: Registry, mv: ModelVersion,
+           evaluator: Evaluator = evaluate_version) -> Regate | None:
+    """Gate ``mv`` again when the champion or the frozen test split changed since its gate (None: neither
+    did, its stored decision stands). Both models are scored on the current frozen split; the version's
+    runtime metrics (latency, size) are the ones measured at registration unless the evaluator measured
+    them again."""
+    gate = mv.gate or {}
+    gated_against = gate.get("champion_version")
+    champion = registry.alias(spec.name)
+    frozen = current_frozen_set(registry, spec.name)
+    own_hash = (mv.lineage or {}).get("eval_set_hash")
+    why = []
+    if champion != gated_against:
+        was = f"v{gated_against}" if gated_against is not None else "no champion"
+        why.append(f"the champion is now v{champion} ({was} when v{mv.version} was gated)" if champion is not None
+                   else f"there is no champion now (v{gated_against} when v{mv.version} was gated)")
+    if frozen is not None and frozen.eval_set_hash is not None and frozen.eval_set_hash != own_hash:
+        why.append(f"the frozen test split changed (v{frozen.version}'s split {frozen.eval_set_hash[:12]}, "
+                   f"v{mv.version} was gated on {str(own_hash)[:12]})")
+    if not why:
+        return None
+    if frozen is None:
+        raise ApprovalError(f"v{mv.version} of {spec.name!r} must be gated again ({'; '.join(why)}), but no registered "
+                            f"version kept its {SPLIT_FILE}: there is no frozen test split to gate it on")
+    tag = str(frozen.eval_set_hash or f"v{frozen.version}")[:16]
+    mine = evaluator(mv, frozen.split_path, ws.evals / f"{mv.model_hash[:16]}-{tag}-approval")
+    metrics = {**mv.metrics, **mine.metrics}
+    champ_scores = champ_metrics = None
+    if champion is not None:
+        cv = registry.get(spec.name, champion)
+        champ_scores = evaluator(cv, frozen.split_path, ws.evals / f"{cv.model_hash[:16]}-{tag}-approval")
+        champ_metrics = {**cv.metrics, **champ_scores.metrics}
+    evidence = gate_evidence(spec, frozen.split_path, mine.predictions_path,
+                             champ_scores.predictions_path if champ_scores is not None else None, mine.classes)
+    decision = evaluate_gate(spec, metrics, champ_metrics, champion, evidence)
+    return Regate("; ".join(why), decision, champion, gated_against, frozen.eval_set_hash)
+
+
 def _who(by: str) -> str:
     by = (by or "").strip()
     if not by:
@@ -179,13 +284,17 @@ def _who(by: str) -> str:
 
 def approve(spec: Spec, ws: Workspace | str, ref: str | int, *, by: str, reason: str | None = None,
             by_version: bool = False, spec_path: str | None = None,
-            release: Callable[..., ReleaseResult] = policy.release) -> ApprovalResult:
+            release: Callable[..., ReleaseResult] = policy.release, evaluator: Evaluator = evaluate_version,
+            on_regate: Callable[[Regate], None] | None = None) -> ApprovalResult:
     """Approve a pending version and do what its cycle would have done after a passing gate: promote it,
     or start its rollout against the serving champion (:func:`conveyor.release.policy.release`, the
     policy the cycle applies; ``release`` may run its steps another way, e.g. as Prefect tasks).
 
-    A newer champion promoted in the meantime does not stop it: the result's ``replaces`` names it and
-    the message says so."""
+    When the champion or the frozen test split changed since the version was gated, it is gated again
+    (:func:`regate`, scoring with ``evaluator``) against the current champion on the current split;
+    ``on_regate`` gets that decision before anything happens, and a decision to reject refuses the
+    approval (``ApprovalError``; the version stays pending). A newer champion the version still beats
+    does not stop it: the result's ``replaces`` names it and the message says so."""
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     by = _who(by)
     reason = (reason or "").strip() or None
@@ -194,6 +303,15 @@ def approve(spec: Spec, ws: Workspace | str, ref: str | int, *, by: str, reason:
     row = _pending(row, mv, spec.name)
     decision = GateDecision.from_dict(mv.gate)
     before = registry.alias(spec.name)
+    again = regate(spec, ws, registry, mv, evaluator) if before != mv.version else None
+    if again is not None:
+        if on_regate is not None:
+            on_regate(again)
+        if not again.decision.passed:
+            raise ApprovalError(f"v{mv.version} of {spec.name!r} was gated again because {again.why}, and now fails: "
+                                f"{again.decision.summary}; it stays pending (reject it with "
+                                f"`{commands(spec_path or spec.name, row['run_id'], mv.version)['reject']}`)")
+        decision = again.decision
     try:
         decided = registry.decide_approval(spec.name, mv.version, status="approved", by=by, reason=reason)
     except RegistryError as err:  # decided by someone else between the check and now
@@ -218,10 +336,12 @@ def approve(spec: Spec, ws: Workspace | str, ref: str | int, *, by: str, reason:
                                                                   f"{type(err).__name__}: {err}")
             raise
         message, after = rel.message, rel.champion_version
+    if again is not None:
+        newer += f"; gated again because {again.why}: {again.decision.summary}"
     message = f"v{mv.version} approved by {by}" + (f" ({reason})" if reason else "") + f": {message}{newer}"
     registry.set_approval_outcome(spec.name, mv.version, message)
     result = ApprovalResult("approved", mv.version, row["run_id"], by, reason, decided["decided_at"], message,
-                            after, before, replaces, rel)
+                            after, before, replaces, rel, regate=again)
     rollout = rel.rollout if rel is not None else None
     promotion = rel.promotion if rel is not None else None
     payload = {"model_version": mv.version, "run_id": row["run_id"], "by": by, "reason": reason,

@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import yaml
 from PIL import Image
 
 from conveyor.core import events
 from conveyor.model import tracking
-from conveyor.release.approval import ApprovalError, approve, reject, request
+from conveyor.release.approval import ApprovalError, Scores, approve, reject, request
 from conveyor.release.gate import GateDecision
 from conveyor.release.registry import Registry
 from conveyor.core.spec import spec_from_dict
@@ -198,16 +199,25 @@ def _gate(passed: bool) -> dict:
                         "all gate rules pass" if passed else "1 of 1 gate rules fail: f1 = 0.1 fails >= 0.5").to_dict()
 
 
+def _as_registered(mv, split_path, out_dir) -> Scores:
+    """Scores every version as registered (the champion changed since these versions were gated, so
+    approving them gates them again)."""
+    return Scores({"f1": 0.9, "latency_p95_ms": 5.0})
+
+
 def _setup(tmp_path: Path, gates: list[bool], champion: int | None = None, **deploy):
     spec = spec_from_dict(toy_spec_dict(gates={"require_approval": True},
                                         deploy={"strategy": "replace", **deploy}), base_dir=tmp_path)
     ws = Workspace(tmp_path / "ws")
     reg = Registry(ws.registry)
+    split = tmp_path / "split.parquet"  # the frozen test split every version was gated on
+    pl.DataFrame({"id": ["i1"], "label": ["red"], "split": ["test"]}).write_parquet(split)
     for v, passed in enumerate(gates, start=1):
         ck = tmp_path / f"ck{v}.pt"
         ck.write_bytes(f"weights {v}".encode())
-        reg.register("toy", files={"checkpoint.pt": str(ck)}, model_hash=f"hash-{v}", metrics={"f1": 0.9},
-                     lineage={"dataset_version": f"ds-{v}"}, gate=_gate(passed), run_id=f"run{v:05d}-aaaa-bbbb")
+        reg.register("toy", files={"checkpoint.pt": str(ck), "split.parquet": str(split)}, model_hash=f"hash-{v}",
+                     metrics={"f1": 0.9}, lineage={"dataset_version": f"ds-{v}", "eval_set_hash": "eval-1"},
+                     gate=_gate(passed), run_id=f"run{v:05d}-aaaa-bbbb")
     if champion is not None:
         reg.set_alias("toy", champion, reason="first model")
     return spec, ws, reg
@@ -250,9 +260,9 @@ def test_approving_an_older_pending_version_replaces_a_newer_champion(tmp_path):
     spec, ws, reg = _setup(tmp_path, [True, True, True], champion=1)
     for v in (2, 3):
         request(reg, spec, v, f"run{v:05d}-aaaa-bbbb")
-    newer = approve(spec, ws, 3, by="alice", by_version=True)
+    newer = approve(spec, ws, 3, by="alice", by_version=True, evaluator=_as_registered)
     assert newer.champion_version == 3 and newer.replaces is None
-    older = approve(spec, ws, "run00002", by="bob", reason="v3 regressed on night cameras")
+    older = approve(spec, ws, "run00002", by="bob", reason="v3 regressed on night cameras", evaluator=_as_registered)
     assert reg.alias("toy") == 2 and older.previous_champion == 3 and older.replaces == 3
     assert "v2 is the champion (was v3)" in older.message and "v3 (newer" in older.message
     assert "replaces it" in older.message
@@ -265,7 +275,7 @@ def test_approving_with_a_rollout_strategy_starts_the_rollout(tmp_path):
 
     spec, ws, reg = _setup(tmp_path, [True, True], champion=1, strategy="canary", traffic=0.2)
     request(reg, spec, 2, "run00002-aaaa-bbbb")
-    res = approve(spec, ws, "run00002", by="alice")
+    res = approve(spec, ws, "run00002", by="alice", evaluator=_as_registered)
     ro = res.release.rollout
     assert (ro["status"], ro["strategy"], ro["champion"], ro["challenger"]) == ("running", "canary", 1, 2)
     assert ro["watcher"]["mode"] == "monitor"

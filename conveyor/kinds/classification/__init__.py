@@ -1,15 +1,18 @@
 """The classification task kind: one label per image, read from class folders or a manifest.
 
 Every hook keeps the defaults of :class:`~conveyor.kinds.base.TaskKind`, which describe
-single-label image classification (metrics, sources, contracts, class occurrences)."""
+single-label image classification (metrics, sources, contracts, class occurrences), except the
+sliced-gate hook, whose default computes nothing."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from conveyor.kinds.base import ReportSection, TaskKind
 
 if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
+
     from conveyor.reporting.rundata import RunData
 
 
@@ -35,3 +38,9 @@ class ClassificationKind(TaskKind):
         from conveyor.kinds.classification import report
 
         return report.sections(run)
+
+    # slices: every metric decomposes into the per-image records (predicted, label, confidence, correct)
+    sliceable_metrics = frozenset({"accuracy", "f1", "precision", "recall", "ece"})
+
+    def slice_metrics(self, predictions: pl.DataFrame, classes: Sequence[str]) -> dict[str, float]:
+        return self.training.record_metrics(predictions, classes)

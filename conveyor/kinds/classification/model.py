@@ -45,11 +45,14 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
 
 TASK = "classification"
 PRIMARY_METRIC = "f1"
@@ -427,6 +430,42 @@ def evaluate_outputs(outputs: torch.Tensor, image_set: ImageSet, classes: Sequen
         if not math.isfinite(value):
             raise ValueError(f"metric {key} is not finite ({value}); the model output is broken")
     return TaskMetrics(metrics=metrics, per_class=per_class, confusion_matrix=[[int(v) for v in row] for row in cm])
+
+
+def record_metrics(records: pl.DataFrame, classes: Sequence[str], n_bins: int = 15) -> dict[str, float]:
+    """:func:`evaluate_outputs`'s metrics (accuracy, macro F1/precision/recall, ECE and the per-class
+    scores) from per-image prediction records (:func:`prediction_records`: ``predicted``, ``label``,
+    ``confidence``, ``correct``), for any subset of the images, e.g. one camera's or a bootstrap
+    resample. The same definitions as torchmetrics' (macro averages skip classes absent from both
+    labels and predictions; ECE bins the top-label confidence), in numpy: the paired bootstrap of
+    the gate calls this thousands of times."""
+    if records.height == 0:
+        return {}
+    k = len(classes)
+    index = {c: i for i, c in enumerate(classes)}
+    pred = np.fromiter((index[c] for c in records["predicted"].to_list()), dtype=np.int64, count=records.height)
+    y = np.fromiter((index[c] for c in records["label"].to_list()), dtype=np.int64, count=records.height)
+    cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+    tp = np.diag(cm).astype(float)
+    fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
+    present = (tp + fp + fn) > 0
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+    per = {"precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn)}
+    conf = records["confidence"].to_numpy().astype(float)
+    hit = records["correct"].to_numpy().astype(float)
+    bins = np.clip(np.searchsorted(np.linspace(0, 1, n_bins + 1), conf, side="right") - 1, 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    gap = np.abs(np.bincount(bins, weights=hit, minlength=n_bins) - np.bincount(bins, weights=conf, minlength=n_bins))
+    out = {"accuracy": float(tp.sum() / len(y)),
+           **{m: float(v[present].mean()) if present.any() else 0.0 for m, v in per.items()},
+           "ece": float(gap[count > 0].sum() / len(y))}
+    for m in ("precision", "recall", "f1"):
+        for name, v in zip(classes, per[m]):
+            out[f"{m}[{name}]"] = float(v)
+    return out
 
 
 # ---- deployment (ONNX) ------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
     threads = spec.train.num_threads
     registry_root = str(ws.registry)
     champ = champion_task(spec.name, registry_root)
-    champ_metrics = champ_metrics_path = None
+    champ_metrics = champ_metrics_path = champ_predictions = None
     new_classes: list[str] | None = None  # the champion's classes when the data has classes it does not know
     same = champ is not None and champ.model_hash == trained.checkpoint_hash
     if champ is not None and not same:
@@ -145,12 +145,14 @@ def _cycle(spec, ws: Workspace, run_id: str, run_dir: str, trigger: str, reason:
         champ_eval = evaluate_task(str(champ.file("checkpoint.pt")), champ.model_hash, spl.split_path,
                                    spl.split_version, threads, wsp, role="champion")
         champ_metrics, champ_metrics_path = champ_eval.metrics, champ_eval.metrics_path
+        champ_predictions = champ_eval.predictions_path
         new_classes = list(champ_eval.classes) if champ_eval.excluded else None
     challenger = evaluate_task(trained.checkpoint_path, trained.checkpoint_hash, spl.split_path, spl.split_version,
                                threads, wsp, role="challenger", compare_classes=new_classes)
     # a rolled-back model (the same weights) never goes out again by itself
     withdrawal = withdrawal_task(spec.name, registry_root, trained.checkpoint_hash)
     decision = gate_task(spec, challenger.metrics, champ_metrics, champ.version if champ else None, same, withdrawal,
+                         spl.split_path, challenger.predictions_path, champ_predictions, classes,
                          challenger.common or None)
 
     # The version folder keeps what reproduces it: the run record, the split it was trained and

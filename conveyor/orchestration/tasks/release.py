@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from conveyor.release.gate import GateDecision, evaluate_gate, skip_decision, withdrawn_decision
+from conveyor.release.gate import GateDecision, evaluate_gate, gate_evidence, skip_decision, withdrawn_decision
 from conveyor.release.registry import ModelVersion, Registry
 from conveyor.release import policy
 from conveyor.release.rollout import PromotionResult
@@ -27,17 +27,22 @@ def withdrawal_task(name: str, registry_root: str, model_hash: str) -> dict | No
 
 @task(name="gate")
 def gate_task(spec: Spec, challenger: dict, champion: dict | None, champion_version: int | None,
-              same_as_champion: bool = False, withdrawal: dict | None = None,
-              common: dict | None = None) -> GateDecision:
+              same_as_champion: bool = False, withdrawal: dict | None = None, split_path: str | None = None,
+              predictions_path: str | None = None, champion_predictions_path: str | None = None,
+              classes: list[str] | None = None, common: dict | None = None) -> GateDecision:
+    """The gate; with the evaluations' per-image predictions it also judges ``gates.slices`` and gives
+    the champion comparison its paired bootstrap intervals. ``common``: the challenger's metrics on
+    the classes the champion knows, when the data has classes it does not."""
     log = run_logger()
     if withdrawal is not None:
         decision = withdrawn_decision(withdrawal, Registry.withdrawn_message(withdrawal), champion_version)
     elif same_as_champion:
         decision = skip_decision(champion_version, f"the challenger is champion v{champion_version} (data, spec and code unchanged)")
     else:
-        decision = evaluate_gate(spec, challenger, champion, champion_version, common=common)
+        evidence = gate_evidence(spec, split_path, predictions_path, champion_predictions_path, classes)
+        decision = evaluate_gate(spec, challenger, champion, champion_version, evidence, common=common)
     for o in decision.outcomes:
-        (log.info if o.passed else log.warning)("gate %s: %s", "PASS" if o.passed else "FAIL", o.reason)
+        (log.info if o.passed else log.warning)("gate %s: %s", o.result.upper(), o.reason)
     log.info("gate decision: %s (%s)", decision.decision, decision.summary)
     return decision
 
@@ -120,12 +125,15 @@ def publish_task(spec_name: str, summary: RunSummary) -> None:
                           description="Test-set metrics of the challenger (and the champion, on the same frozen set)")
 
     gate_rows = [{"rule": r.rule, "value": r.value, "threshold": r.threshold, "champion": r.champion_value,
-                  "result": "pass" if r.passed else "FAIL"} for r in summary.reasons]
+                  "interval": r.interval, "result": "FAIL" if r.result == "fail" else r.result}
+                 for r in summary.reasons]
     md = [f"# Gate decision: **{summary.decision}**", "", summary.gate_summary or "", "",
           f"- model version: v{summary.model_version}", f"- champion now: v{summary.champion_version}",
           f"- dataset version: `{summary.dataset_version}`", f"- run folder: `{summary.run_dir}`", "",
-          "| rule | value | threshold | champion | result |", "|---|---|---|---|---|"]
+          "| rule | value | threshold | champion | 95% CI (challenger - champion) | result |",
+          "|---|---|---|---|---|---|"]
     for r in table(gate_rows):
-        md.append(f"| {r['rule']} | {r['value']} | {r['threshold']} | {r['champion']} | {r['result']} |")
+        md.append(f"| {r['rule']} | {r['value']} | {r['threshold']} | {r['champion']} | {r['interval'] or ''} "
+                  f"| {r['result']} |")
     create_markdown_artifact("\n".join(md), key=artifact_key(spec_name, "gate"),
                              description=f"Gate decision: {summary.decision}")
