@@ -37,7 +37,7 @@ def test_registry_list_and_rollback_without_versions(tmp_path, capsys):
     p.write_text(yaml.safe_dump({"name": "x", "task": "classification", "data": {"source": "d"}}))
     assert main(["registry", "list", str(p), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"name": "x", "champion": None, "versions": [], "champion_history": [],
-                                                   "rollouts": [], "approvals": []}
+                                                   "rollouts": [], "approvals": [], "withdrawals": []}
     assert main(["rollback", str(p), "--to", "1"]) == 1
     assert "has no version 1" in capsys.readouterr().err
 
@@ -127,6 +127,13 @@ def test_demo_end_to_end(tmp_path):
         assert rb.returncode == 0 and "champion is v1" in rb.stdout
         listed = json.loads(conveyor("registry", "list", str(spec), "--json", cwd=tmp_path).stdout)
         assert listed["champion"] == 1 and listed["champion_history"][-1]["reason"] == "manual rollback"
+
+    # v1 rebuilt from its lineage alone: the same weights, bit for bit, and the same test metrics
+    rep = conveyor("reproduce", str(spec), "--version", "1", "--json", "--out", str(tmp_path / "rebuilt"), cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    out = json.loads(rep.stdout)
+    assert out["identical"] and out["registered_weights_hash"] == out["reproduced_weights_hash"]
+    assert all(m["equal"] for m in out["metrics"].values()), out["metrics"]
 
 
 def test_prefect_yaml_deploys_the_cycle_with_the_spec_schedule():
