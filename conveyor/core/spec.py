@@ -488,6 +488,7 @@ PREDICTION_FEATURES: dict[str, str] = {
     "confidence": "numeric", "predicted": "categorical",
     "predicted_objects": "numeric", "predicted_object_size": "numeric",  # detection
     "predicted_foreground": "numeric",  # segmentation: share of pixels not predicted as background
+    "predicted_count": "numeric",  # multi-label: how many labels a prediction names
 }
 DRIFT_FEATURES: dict[str, str] = {**IMAGE_FEATURES, **PREDICTION_FEATURES}
 
