@@ -45,11 +45,12 @@ def config(classes: Sequence[str]) -> str:
 
 
 def _item_labels(item: Mapping) -> list[str] | None:
-    """The predicted label set of a queue item: its ``predicted_labels`` list, else the scored
-    ``pred_classes`` list, else its ``predicted`` text (names joined by ``;``); None without a prediction."""
-    value = item.get("predicted_labels")
+    """The predicted label set of a queue item: its ``labels`` (the champion's machine label, as the
+    label stage fills a queue item's ``label_field``) or ``predicted_labels`` list, else its
+    ``predicted`` text (names joined by ``;``); None without a prediction."""
+    value = item.get("labels")
     if value is None:
-        value = item.get("pred_classes")
+        value = item.get("predicted_labels")
     if value is None:
         text = item.get("predicted")
         if text is None:
