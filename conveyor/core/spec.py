@@ -482,6 +482,7 @@ IMAGE_FEATURES: dict[str, str] = {
     "brightness": "numeric", "contrast": "numeric", "saturation": "numeric", "hue": "numeric",
     "sharpness": "numeric", "width": "numeric", "height": "numeric",
     "objects": "numeric", "object_size": "numeric",  # detection: boxes per image, relative box side
+    "labels_per_image": "numeric",  # multi-label: labels an image carries
     "label": "categorical", "camera": "categorical",
 }
 PREDICTION_FEATURES: dict[str, str] = {

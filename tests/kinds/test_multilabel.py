@@ -243,6 +243,8 @@ def test_decode_prediction_and_score():
     assert KIND.machine_label(outputs, CLASSES, 0.6) == ["a", "c"]  # least sure decision p(c) = 0.62
     assert KIND.machine_label(outputs, CLASSES, 0.7) is None
     assert KIND.prediction_classes(CLASSES) == set(CLASSES)
+    allowed = KIND.prediction_classes(CLASSES)
+    assert "a;c" in allowed and "" in allowed and "a;zebra" not in allowed and "zebra" not in allowed
     with pytest.raises(ValueError, match="logits"):
         ml_serving.probabilities({"logits": np.zeros((2, 3))}, CLASSES)
 
@@ -547,3 +549,18 @@ def test_manifest_and_split_frame_suites(monkeypatch):
     bad = {k: v.to_pandas() for k, v in bad.items()}
     assert not _run_suite("multilabel_manifest", bad["multilabel_manifest"], params)
     assert not _run_suite("multilabel_split_frame", bad["multilabel_split_frame"], params)
+
+
+def test_prediction_log_takes_label_sets_and_counts(tmp_path):
+    from datetime import datetime, timezone
+
+    from conveyor.monitoring.feedback import PREDICTION_LOG_SCHEMA, check_predictions
+
+    assert PREDICTION_LOG_SCHEMA["predicted_count"] == pl.Float64()
+    table = tmp_path / "predictions.csv"
+    pl.DataFrame({"prediction_id": ["p1", "p2", "p3", "p4"], "predicted": ["a;c", None, "a;zebra", "b"],
+                  "confidence": [0.9, 0.8, 0.8, 0.8], "predicted_count": [2.0, 0.0, 2.0, 1.5]}).write_csv(table)
+    checked = check_predictions(table, CLASSES, "multilabel", datetime(2026, 10, 1, tzinfo=timezone.utc))
+    assert checked.accepted["predicted_count"].to_list() == [2.0, 0.0]
+    assert checked.quarantined.select("row", "field", "reason").rows() == [
+        (3, "predicted", "unknown_class"), (4, "predicted_count", "out_of_range")]

@@ -98,8 +98,21 @@ def machine_label(outputs: Mapping[str, np.ndarray], classes: Sequence[str], thr
     return machine_labels(outputs, classes, threshold)
 
 
+class LabelSetNames(frozenset):
+    """The label names; ``in`` also accepts a logged label set, names joined by ``;`` ("" for none),
+    as the prediction log's ``predicted`` holds it."""
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, str):
+            return False
+        if frozenset.__contains__(self, value) or value == "":
+            return True
+        return all(frozenset.__contains__(self, part.strip()) for part in value.split(";"))
+
+
 def prediction_classes(classes: Sequence[str]) -> set[str]:
-    return {str(c) for c in classes}
+    """The label names (see :class:`LabelSetNames`: a ``predicted`` of several names passes too)."""
+    return LabelSetNames(str(c) for c in classes)
 
 
 def machine_labels(outputs: Mapping[str, np.ndarray], classes: Sequence[str], threshold: float) -> list[str] | None:
