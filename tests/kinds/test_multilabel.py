@@ -564,3 +564,23 @@ def test_prediction_log_takes_label_sets_and_counts(tmp_path):
     assert checked.accepted["predicted_count"].to_list() == [2.0, 0.0]
     assert checked.quarantined.select("row", "field", "reason").rows() == [
         (3, "predicted", "unknown_class"), (4, "predicted_count", "out_of_range")]
+
+
+def test_reviewed_label_sets_are_stored_and_applied():
+    from conveyor.labels import versions
+    from conveyor.labels.stage import REVIEW_SCHEMA
+
+    records = [KIND.review_record(v, lambda m: ("", "")) for v in (["a", "c"], [])]
+    assert records == [{"labels": '["a", "c"]'}, {"labels": "[]"}]
+    stored = pl.DataFrame([{"content_hash": "h1", "id": "x", **records[0]}, {"content_hash": "h2", "id": "y", **records[1]}],
+                          schema=REVIEW_SCHEMA)
+    assert KIND.label_digest(stored) == ["a;c", ""]
+    (col,) = KIND.review_columns(stored.to_dicts(), CLASSES)
+    assert col.name == "labels" and col.dtype == pl.List(pl.String) and col.to_list() == [["a", "c"], []]
+    manifest = pl.DataFrame({"content_hash": ["h1", "h2"], "id": ["x", "y"], "label": [None, None], "labels": col},
+                            schema_overrides={"label": pl.String})
+    assert versions.manifest_kind(manifest).name == "multilabel"
+    assert versions.label_table(manifest)["label"].to_list() == ["a;c", ""]
+    assert KIND.class_counts(manifest) == {"a": 1, "c": 1}
+    cells = KIND.csv_cells({"labels": ["c", "a"], "predicted": "a"}, CLASSES)
+    assert cells == {"predicted": "a;c", "labels": "a;c"}
