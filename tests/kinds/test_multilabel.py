@@ -15,7 +15,6 @@ import torch
 import yaml
 
 from conveyor.kinds.multilabel import MultilabelKind
-from conveyor.kinds.multilabel import labelstudio as ml_ls
 from conveyor.kinds.multilabel import model as ml
 from conveyor.kinds.multilabel import serving as ml_serving
 from conveyor.kinds.multilabel import sources
