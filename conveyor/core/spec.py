@@ -501,12 +501,14 @@ IMAGE_FEATURES: dict[str, str] = {
     "brightness": "numeric", "contrast": "numeric", "saturation": "numeric", "hue": "numeric",
     "sharpness": "numeric", "width": "numeric", "height": "numeric",
     "objects": "numeric", "object_size": "numeric",  # detection: boxes per image, relative box side
+    "labels_per_image": "numeric",  # multi-label: labels an image carries
     "label": "categorical", "camera": "categorical",
 }
 PREDICTION_FEATURES: dict[str, str] = {
     "confidence": "numeric", "predicted": "categorical",
     "predicted_objects": "numeric", "predicted_object_size": "numeric",  # detection
     "predicted_foreground": "numeric",  # segmentation: share of pixels not predicted as background
+    "predicted_count": "numeric",  # multi-label: how many labels a prediction names
 }
 DRIFT_FEATURES: dict[str, str] = {**IMAGE_FEATURES, **PREDICTION_FEATURES}
 

@@ -21,6 +21,7 @@ _BUILTIN = {
     "classification": "conveyor.kinds.classification:ClassificationKind",
     "detection": "conveyor.kinds.detection:DetectionKind",
     "segmentation": "conveyor.kinds.segmentation:SegmentationKind",
+    "multilabel": "conveyor.kinds.multilabel:MultilabelKind",
 }
 _registered: dict[str, str | type[TaskKind]] = {}
 _instances: dict[str, TaskKind] = {}

@@ -58,6 +58,7 @@ from conveyor.labels.pool import ingest_pool, production_log, production_manifes
 LABEL_SOURCES = ("human", "review", "feedback", "machine")  # most trusted first
 TRUSTED_SOURCES = ("human", "review", "feedback")  # may be evaluated on; machine labels train only
 REVIEW_SCHEMA = {"content_hash": pl.String(), "id": pl.String(), "label": pl.String(), "boxes": pl.String(),
+                 "labels": pl.String(),
                  "mask_path": pl.String(), "mask_hash": pl.String(), "reviewer": pl.String(),
                  "import_id": pl.String(), "imported_at": pl.String()}
 

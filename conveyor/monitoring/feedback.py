@@ -4,7 +4,7 @@
 per prediction: ``confidence`` (0..1) and, for classification, ``predicted`` (a class); optional
 ``timestamp`` (default: when the table is observed), ``prediction_id``, ``camera``, and the
 detection / segmentation features ``predicted_objects``, ``predicted_object_size``,
-``predicted_foreground``. Rows are checked one by one; a bad row is quarantined with its row
+``predicted_foreground``, and the multi-label ``predicted_count`` (labels predicted). Rows are checked one by one; a bad row is quarantined with its row
 number, field and reason, and ``accepted + quarantined == received`` always holds.
 
 **Feedback.** Ground truth arrives later, for a sample of predictions, in a table the user appends
@@ -32,13 +32,14 @@ from conveyor.data.sources import column_values, parse_timestamp, read_table, te
 from conveyor.core.spec import PerformanceTrigger, parse_duration_s
 from conveyor.serving.prediction import BACKGROUND  # noqa: F401 - what non-class predictions name
 
-PREDICTION_NUMERIC = ("confidence", "predicted_objects", "predicted_object_size", "predicted_foreground")
+PREDICTION_NUMERIC = ("confidence", "predicted_objects", "predicted_object_size", "predicted_foreground",
+                      "predicted_count")
 FEEDBACK_QUARANTINE_SCHEMA = {"source": pl.String(), "row": pl.Int64(), "field": pl.String(), "reason": pl.String(),
                               "detail": pl.String()}
 PREDICTION_LOG_SCHEMA = {
     "prediction_id": pl.String(), "timestamp": pl.Datetime("us", "UTC"), "camera": pl.String(),
     "predicted": pl.String(), "confidence": pl.Float64(), "predicted_objects": pl.Float64(),
-    "predicted_object_size": pl.Float64(), "predicted_foreground": pl.Float64(),
+    "predicted_object_size": pl.Float64(), "predicted_foreground": pl.Float64(), "predicted_count": pl.Float64(),
 }
 FEEDBACK_SCHEMA = {"timestamp": pl.Datetime("us", "UTC"), "label": pl.String(), "predicted": pl.String(),
                    "camera": pl.String(), "prediction_id": pl.String()}
@@ -148,7 +149,7 @@ def check_predictions(path: str | Path, classes: Sequence[str] | None, task: str
                 continue
             if c in ("confidence", "predicted_foreground", "predicted_object_size") and not 0.0 <= v <= 1.0:
                 raise _Bad(c, "out_of_range", f"{c} {v!r} is outside 0..1")
-            if c == "predicted_objects" and (v < 0 or v != int(v)):
+            if c in ("predicted_objects", "predicted_count") and (v < 0 or v != int(v)):
                 raise _Bad(c, "out_of_range", f"{c} {v!r} is not a whole number >= 0")
         if nums["confidence"] is None:
             raise _Bad("confidence", "missing_value", "no confidence")

@@ -15,7 +15,7 @@ class Prediction:
 
     ``payload`` is the task kind's part of the JSON answer; ``features`` holds the prediction log's
     ``predicted`` / ``confidence`` / ``predicted_objects`` / ``predicted_object_size`` /
-    ``predicted_foreground`` values the kind reports.
+    ``predicted_foreground`` / ``predicted_count`` values the kind reports.
     """
 
     payload: dict[str, Any]

@@ -345,6 +345,7 @@ class InferenceService:
             "predicted_objects": features.get("predicted_objects"),
             "predicted_object_size": features.get("predicted_object_size"),
             "predicted_foreground": features.get("predicted_foreground"),
+            "predicted_count": features.get("predicted_count"),
             "model_version": model.version, "role": role, "latency_ms": latency_s * 1000.0, "status": status,
             "error": None if error is None else f"{type(error).__name__}: {error}"[:500], "request_key": key,
             **decoded.stats, "width": decoded.width, "height": decoded.height, "capture": decoded.capture,

@@ -15,10 +15,10 @@ import torch
 import yaml
 
 from conveyor.kinds.multilabel import MultilabelKind
-from conveyor.kinds.multilabel import labelstudio as ml_ls
 from conveyor.kinds.multilabel import model as ml
 from conveyor.kinds.multilabel import serving as ml_serving
 from conveyor.kinds.multilabel import sources
+from conveyor.labels.labelstudio import Reject
 
 KIND = MultilabelKind()
 CLASSES = ["a", "b", "c"]
@@ -193,11 +193,11 @@ def test_labelstudio_config_prediction_parse_round_trip():
     assert KIND.labelstudio_parse(ctx, [], {}, "task 2") == []
     empty = [{"type": "choices", "from_name": "label", "to_name": "image", "value": {"choices": []}}]
     assert KIND.labelstudio_parse(ctx, empty, {}, "task 3") == []
-    with pytest.raises(ml_ls.ReviewReject) as err:
+    with pytest.raises(Reject) as err:
         KIND.labelstudio_parse(ctx, [{"type": "choices", "from_name": "label", "value": {"choices": ["a", "q"]}}],
                                {}, "task 4")
     assert err.value.reason == "unknown_label" and err.value.field == "labels" and "task 4" in err.value.detail
-    with pytest.raises(ml_ls.ReviewReject, match="not a list"):
+    with pytest.raises(Reject, match="not a list"):
         KIND.labelstudio_parse(ctx, {"choices": []}, {}, "task 5")
     assert KIND.label_key(["b", "a"]) == KIND.label_key(("a", "b")) != KIND.label_key(["a"])
 
@@ -207,10 +207,10 @@ def test_csv_parse():
     assert "labels" in KIND.csv_columns
     assert KIND.csv_parse(ctx, {"label": "ok", "labels": "c; a"}, "row 1") == ["a", "c"]
     assert KIND.csv_parse(ctx, {"label": "ok", "labels": ""}, "row 2") == []
-    with pytest.raises(ml_ls.ReviewReject) as err:
+    with pytest.raises(Reject) as err:
         KIND.csv_parse(ctx, {"label": "", "labels": "a"}, "row 3")
     assert err.value.reason == "unreviewed"
-    with pytest.raises(ml_ls.ReviewReject) as err:
+    with pytest.raises(Reject) as err:
         KIND.csv_parse(ctx, {"label": "ok", "labels": "a;nope"}, "row 4")
     assert err.value.reason == "unknown_label" and "row 4" in err.value.detail
     digest = KIND.label_digest(pl.DataFrame({"labels": [["b", "a"], []]}, schema={"labels": pl.List(pl.String)}))
@@ -242,6 +242,8 @@ def test_decode_prediction_and_score():
     assert KIND.machine_label(outputs, CLASSES, 0.6) == ["a", "c"]  # least sure decision p(c) = 0.62
     assert KIND.machine_label(outputs, CLASSES, 0.7) is None
     assert KIND.prediction_classes(CLASSES) == set(CLASSES)
+    allowed = KIND.prediction_classes(CLASSES)
+    assert "a;c" in allowed and "" in allowed and "a;zebra" not in allowed and "zebra" not in allowed
     with pytest.raises(ValueError, match="logits"):
         ml_serving.probabilities({"logits": np.zeros((2, 3))}, CLASSES)
 
@@ -265,7 +267,7 @@ def test_manifest_sources_quarantine_bad_rows(tmp_path):
     ]
     pl.DataFrame(rows).write_csv(root / "manifest.csv")
     spec = SimpleNamespace(source_path=root / "manifest.csv", data=SimpleNamespace(format="manifest", classes=CLASSES))
-    col = KIND.collect(spec)
+    col = sources.collect(spec.source_path, CLASSES)
     assert col.received == len(rows)
     assert len(col.items) + len(col.quarantined) == col.received
     assert [it.labels for it in col.items] == [("a",), ("a", "c"), (), ("b",), ("a", "b")]
@@ -278,6 +280,21 @@ def test_manifest_sources_quarantine_bad_rows(tmp_path):
     assert "zebra" in unknown.detail
     frame = sources.labels_frame(col.items)
     assert frame.schema["labels"] == pl.List(pl.String)
+    # what ingest receives: the same rows as records, the label sets kept for the finisher
+    from conveyor.data.records import Collection, IngestError
+
+    rec = KIND.collect(spec, spec.source_path, "manifest")
+    assert isinstance(rec, Collection) and rec.format == "manifest" and rec.received == len(rows)
+    assert [it.rel_path for it in rec.candidates] == [it.rel_path for it in col.items]
+    assert all(it.label is None for it in rec.candidates)
+    assert {q.row: (q.reason, q.field) for q in rec.quarantined} == reasons
+    ids = [it.rel_path for it in rec.candidates]
+    done = rec.finisher.finish(pl.DataFrame({"id": ids}))
+    assert done.manifest["labels"].to_list() == [["a"], ["a", "c"], [], ["b"], ["a", "b"]]
+    assert done.summary["negative_images"] == 1 and done.summary["labels_per_class"] == {"a": 3, "b": 2, "c": 1}
+    assert done.digest == KIND.annotation_digest(done.manifest) != ""
+    with pytest.raises(IngestError, match="manifest"):
+        KIND.collect(spec, spec.source_path, "folder")
 
 
 def test_manifest_sources_read_list_columns(tmp_path):
@@ -353,18 +370,22 @@ def test_contract_suites_pass_good_frames_and_catch_bad_ones(monkeypatch):
     monkeypatch.setenv("GX_ANALYTICS_ENABLED", "false")
     split = _frame()
     spec = SimpleNamespace(data=SimpleNamespace(classes=CLASSES), split=SimpleNamespace(ratios={"train": 0.5, "val": 0.25, "test": 0.25}))
-    frames = KIND.contract_frames(split.drop("split"), split, spec)
-    assert set(frames) == set(KIND.contract_suites)
+    from conveyor.data.contracts import class_coverage_frame
+
+    frames = {**KIND.contract_frames(split.drop("split"), None, spec), **KIND.contract_frames(split, split, spec)}
+    assert set(frames) | {KIND.coverage_suite} == set(KIND.contract_suites)
+    assert all(isinstance(f, pl.DataFrame) for f in frames.values())
     params = {"classes": CLASSES, "min_per_class_eval": 1}
-    assert _run_suite("multilabel_labels", frames["multilabel_labels"], params)
+    assert _run_suite("multilabel_labels", frames["multilabel_labels"].to_pandas(), params)
     # val holds b only, test holds c only: a and b/c miss an eval split
-    cov = frames["multilabel_class_coverage"]
+    cov = class_coverage_frame(KIND.class_frame(split), CLASSES, ["val", "test"]).to_pandas()
     assert sorted(cov[cov["count"] == 0][["split", "label"]].itertuples(index=False, name=None)) == [
         ("test", "a"), ("test", "b"), ("val", "a"), ("val", "c")]
     assert not _run_suite("multilabel_class_coverage", cov, params)
     assert _run_suite("multilabel_class_coverage", cov, {"min_per_class_eval": 0})
     bad = split.with_columns(pl.Series("labels", [["a", "a"], ["zebra"], [], []], dtype=pl.List(pl.String)))
-    assert not _run_suite("multilabel_labels", KIND.contract_frames(bad, None, spec)["multilabel_labels"], params)
+    assert not _run_suite("multilabel_labels", KIND.contract_frames(bad, None, spec)["multilabel_labels"].to_pandas(),
+                          params)
     assert set(KIND.contract_frames(bad, None, spec)) == {"multilabel_manifest", "multilabel_labels"}
 
 
@@ -415,10 +436,10 @@ def test_example_spec_gates_are_kind_metrics_and_demo_data_is_ingestible(tmp_pat
                            data=SimpleNamespace(format="manifest", classes=DEMO_CLASSES))
     write = example_writer("multilabel")
     write(spec, 1)
-    first = KIND.collect(spec)
+    first = sources.collect(spec.source_path, DEMO_CLASSES)
     assert first.received == len(first.items) == BATCH1
     write(spec, 2)
-    col = KIND.collect(spec)
+    col = sources.collect(spec.source_path, DEMO_CLASSES)
     assert col.received == BATCH1 + BATCH2 + 4
     assert {q.reason for q in col.quarantined} == {"unknown_label", "path_escapes_root"}
     counts = {c: sum(c in it.labels for it in col.items) for c in DEMO_CLASSES}
@@ -515,12 +536,50 @@ def test_manifest_and_split_frame_suites(monkeypatch):
     }, schema_overrides={"label": pl.String, "labels": pl.List(pl.String)})
     split = manifest.with_columns(pl.lit("c1").alias("group"), pl.Series("split", ["train", "val", "test"]))
     spec = SimpleNamespace(data=SimpleNamespace(classes=CLASSES), split=SimpleNamespace(ratios={"train": 0.7, "val": 0.15, "test": 0.15}))
-    frames = KIND.contract_frames(manifest, split, spec)
+    frames = {**KIND.contract_frames(manifest, None, spec), **KIND.contract_frames(split, split, spec)}
+    frames = {k: v.to_pandas() for k, v in frames.items()}
     params = {"min_side": 8, "max_side": 4096, "max_file_bytes": 2**20, "max_captured_at": "2026-12-31T00:00:00+00:00",
               "splits": ["train", "val", "test"]}
     assert _run_suite("multilabel_manifest", frames["multilabel_manifest"], params)
     assert _run_suite("multilabel_split_frame", frames["multilabel_split_frame"], params)
     holes = pl.Series("labels", [["a"], None, []], dtype=pl.List(pl.String))
-    bad = KIND.contract_frames(manifest.with_columns(holes), split.with_columns(holes), spec)
+    bad = {**KIND.contract_frames(manifest.with_columns(holes), None, spec),
+           **KIND.contract_frames(split.with_columns(holes), split.with_columns(holes), spec)}
+    bad = {k: v.to_pandas() for k, v in bad.items()}
     assert not _run_suite("multilabel_manifest", bad["multilabel_manifest"], params)
     assert not _run_suite("multilabel_split_frame", bad["multilabel_split_frame"], params)
+
+
+def test_prediction_log_takes_label_sets_and_counts(tmp_path):
+    from datetime import datetime, timezone
+
+    from conveyor.monitoring.feedback import PREDICTION_LOG_SCHEMA, check_predictions
+
+    assert PREDICTION_LOG_SCHEMA["predicted_count"] == pl.Float64()
+    table = tmp_path / "predictions.csv"
+    pl.DataFrame({"prediction_id": ["p1", "p2", "p3", "p4"], "predicted": ["a;c", None, "a;zebra", "b"],
+                  "confidence": [0.9, 0.8, 0.8, 0.8], "predicted_count": [2.0, 0.0, 2.0, 1.5]}).write_csv(table)
+    checked = check_predictions(table, CLASSES, "multilabel", datetime(2026, 10, 1, tzinfo=timezone.utc))
+    assert checked.accepted["predicted_count"].to_list() == [2.0, 0.0]
+    assert checked.quarantined.select("row", "field", "reason").rows() == [
+        (3, "predicted", "unknown_class"), (4, "predicted_count", "out_of_range")]
+
+
+def test_reviewed_label_sets_are_stored_and_applied():
+    from conveyor.labels import versions
+    from conveyor.labels.stage import REVIEW_SCHEMA
+
+    records = [KIND.review_record(v, lambda m: ("", "")) for v in (["a", "c"], [])]
+    assert records == [{"labels": '["a", "c"]'}, {"labels": "[]"}]
+    stored = pl.DataFrame([{"content_hash": "h1", "id": "x", **records[0]}, {"content_hash": "h2", "id": "y", **records[1]}],
+                          schema=REVIEW_SCHEMA)
+    assert KIND.label_digest(stored) == ["a;c", ""]
+    (col,) = KIND.review_columns(stored.to_dicts(), CLASSES)
+    assert col.name == "labels" and col.dtype == pl.List(pl.String) and col.to_list() == [["a", "c"], []]
+    manifest = pl.DataFrame({"content_hash": ["h1", "h2"], "id": ["x", "y"], "label": [None, None], "labels": col},
+                            schema_overrides={"label": pl.String})
+    assert versions.manifest_kind(manifest).name == "multilabel"
+    assert versions.label_table(manifest)["label"].to_list() == ["a;c", ""]
+    assert KIND.class_counts(manifest) == {"a": 1, "c": 1}
+    cells = KIND.csv_cells({"labels": ["c", "a"], "predicted": "a"}, CLASSES)
+    assert cells == {"predicted": "a;c", "labels": "a;c"}

@@ -11,19 +11,19 @@ from probability 0.5. Everything else lives in the package's modules, imported i
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 from conveyor.kinds.base import ReportSection, TaskKind
 
-if TYPE_CHECKING:
-    import numpy as np
+if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     import polars as pl
 
-# Gate metrics that are not the kind's (conveyor.core.spec keeps the latency and size figures).
-_GENERIC_METRICS = ("latency_p50_ms", "latency_p95_ms", "throughput_ips", "model_size_mb", "peak_memory_mb")
+    from conveyor.core.spec import Spec
+    from conveyor.data.records import Collection
+    from conveyor.reporting.rundata import RunData
 
 
 class MultilabelKind(TaskKind):
@@ -49,6 +49,8 @@ class MultilabelKind(TaskKind):
     def validate_spec(self, spec) -> None:
         """``data.format`` is a manifest, ``data.classes`` names the labels, per-label gate rules name
         known labels; raises ValueError naming the field."""
+        from conveyor.core.spec import GENERIC_METRICS
+
         fmt = spec.data.format
         if fmt not in ("auto", *self.source_formats):
             raise ValueError(f"data.format: multilabel reads {', '.join(self.source_formats)}, not {fmt!r}")
@@ -63,7 +65,7 @@ class MultilabelKind(TaskKind):
                  for n in spec.gates.champion.metrics]
         for where, items in (("gates.rules", rules), ("gates.champion.metrics", names)):
             for text, metric, cls in items:
-                if metric not in self.metrics and metric not in _GENERIC_METRICS:
+                if metric not in self.metrics and metric not in GENERIC_METRICS:
                     raise ValueError(f"{where}: {text!r}: multilabel does not report {metric!r}; it reports "
                                      f"{', '.join(sorted(self.metrics))} and the latency figures")
                 if cls is not None and metric not in self.per_class_metrics:
@@ -92,22 +94,23 @@ class MultilabelKind(TaskKind):
     annotation_columns: ClassVar[tuple[str, ...]] = ("labels",)
     contract_suites: ClassVar[tuple[str, ...]] = (
         "multilabel_manifest", "multilabel_labels", "multilabel_split_frame", "multilabel_class_coverage")
+    coverage_suite: ClassVar[str] = "multilabel_class_coverage"
 
-    def collect(self, spec):
-        """Read ``spec.data.source`` (a manifest) into a :class:`conveyor.kinds.multilabel.sources.Collection`."""
-        from conveyor.data.ingest import IngestError
+    def collect(self, spec: "Spec", src: "Path", fmt: str) -> "Collection":
+        """Read the manifest ``src`` into a :class:`~conveyor.data.records.Collection` whose finisher
+        adds the ``labels`` list column (see :mod:`conveyor.kinds.multilabel.sources`)."""
+        from conveyor.data.records import IngestError
         from conveyor.kinds.multilabel import sources
 
-        if spec.data.format not in ("auto", *self.source_formats):
-            raise IngestError(f"data.format: multilabel reads a manifest, not {spec.data.format!r}")
-        return sources.collect(spec.source_path, spec.data.classes)
+        if fmt not in self.source_formats:
+            raise IngestError(f"data.format: multilabel reads a manifest, not {fmt!r}")
+        return sources.collect_for_ingest(spec, src)
 
     def annotation_digest(self, frame: "pl.DataFrame") -> str:
         """16 hex of sha256 over the rows' (id, labels) sorted by id ("" without a labels column)."""
-        if "labels" not in frame.columns or "id" not in frame.columns:
-            return ""
-        rows = [(i, sorted(v or [])) for i, v in frame.sort("id").select("id", "labels").iter_rows()]
-        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+        from conveyor.data.digest import json_rows_digest
+
+        return json_rows_digest(frame, ("labels",))
 
     def class_frame(self, frame: "pl.DataFrame") -> "pl.DataFrame":
         """(``split``, ``cls``): one row per label an image carries (a negative contributes none)."""
@@ -119,12 +122,11 @@ class MultilabelKind(TaskKind):
         return (frame.select(split.alias("split"), pl.col("labels").alias("cls")).explode("cls")
                 .filter(pl.col("cls").is_not_null()).with_columns(pl.col("cls").cast(pl.String)))
 
-    def contract_frames(self, manifest: "pl.DataFrame", split: "pl.DataFrame | None", spec) -> dict[str, Any]:
+    def contract_frames(self, manifest: "pl.DataFrame", split: "pl.DataFrame | None",
+                        spec: "Spec | None") -> "dict[str, pl.DataFrame]":
         from conveyor.kinds.multilabel import contracts
 
-        ratios = spec.split.ratios
-        eval_splits = [s for s in contracts.EVAL_SPLITS if ratios.get(s, 0) > 0]
-        return contracts.frames(manifest, split, list(spec.data.classes or []), eval_splits)
+        return contracts.contract_frames(manifest, split)
 
     def profile_columns(self, manifest: "pl.DataFrame") -> list["pl.Expr"]:
         """``labels_per_image``: how many labels each image carries (a monitoring feature)."""
@@ -134,82 +136,25 @@ class MultilabelKind(TaskKind):
             return []
         return [pl.col("labels").list.len().cast(pl.Float64).alias("labels_per_image")]
 
-    # ---- labels and review ------------------------------------------------------------------
+    # ---- labels and review (conveyor.kinds.multilabel.labelstudio) ------------------------------
+    labelstudio_module: ClassVar[str] = "conveyor.kinds.multilabel.labelstudio"
     label_field: ClassVar[str] = "labels"
+    label_columns: ClassVar[tuple[str, ...]] = ("labels",)
     csv_columns: ClassVar[tuple[str, ...]] = ("labels",)
     feedback_trains: ClassVar[bool] = False
     finds_label_errors: ClassVar[bool] = False
+    prediction_required: ClassVar[bool] = False
 
-    def label_digest(self, reviewed: "pl.DataFrame") -> list[str]:
-        """Per row the label set as one string: the names joined by ``;`` (sorted; "" for none)."""
-        from conveyor.kinds.multilabel.sources import format_labels
-
-        return [format_labels(sorted(v or [])) for v in reviewed.get_column("labels").to_list()]
-
-    def labelstudio_config(self, classes: Sequence[str]) -> str:
-        from conveyor.kinds.multilabel import labelstudio
-
-        return labelstudio.label_config(classes)
-
-    def labelstudio_prediction(self, item: Mapping, classes: Sequence[str]) -> list[dict] | None:
-        from conveyor.kinds.multilabel import labelstudio
-
-        return labelstudio.prediction_result(item, classes)
-
-    def labelstudio_parse(self, ctx, result: list, info: Mapping, where: str) -> list[str]:
-        from conveyor.kinds.multilabel import labelstudio
-
-        return labelstudio.parse_result(ctx.classes, result, where)
-
-    def label_key(self, value) -> Hashable:
-        return tuple(sorted(value or ()))
-
-    def csv_parse(self, ctx, rec: Mapping, where: str) -> list[str]:
-        from conveyor.kinds.multilabel import labelstudio
-
-        return labelstudio.parse_csv(ctx.classes, rec, where)
-
-    def machine_label(self, outputs: Mapping[str, "np.ndarray"], classes, threshold: float, **ctx) -> list[str] | None:
-        """The predicted label set when every label is decided at least ``threshold`` surely, else None."""
-        from conveyor.kinds.multilabel import serving
-
-        return serving.machine_labels(outputs, classes, threshold)
-
-    # ---- scoring and serving ----------------------------------------------------------------
+    # ---- scoring and serving (conveyor.kinds.multilabel.serving) ----------------------------------
+    #: ``decode_prediction``: ``{"labels", "probabilities", "confidence", "threshold"}`` and the log's
+    #: ``predicted`` (labels joined by ``;``), ``confidence`` and ``predicted_count``.
+    serving_module: ClassVar[str] = "conveyor.kinds.multilabel.serving"
     onnx_outputs: ClassVar[tuple[str, ...]] = ("logits",)
     batchable: ClassVar[bool] = True
 
-    def decode_prediction(self, outputs: Mapping[str, "np.ndarray"], classes: list[str], size: int, width: int,
-                          height: int):
-        """``{"labels", "probabilities", "confidence", "threshold"}`` and the log's ``predicted``
-        (labels joined by ``;``), ``confidence`` and ``predicted_count``."""
-        from conveyor.kinds.multilabel import serving
-        from conveyor.serving.runtime import Prediction
-
-        answer = serving.decode(outputs, classes)
-        return Prediction(answer, serving.log_features(answer))
-
-    def score(self, outputs: Mapping[str, "np.ndarray"], classes: Sequence[str]):
-        """Uncertainty of the least sure per-label decision (see :mod:`conveyor.kinds.multilabel.serving`)."""
-        from conveyor.kinds.multilabel import serving
-        from conveyor.labels.hardcases import Scored
-
-        p = serving.probabilities(outputs, classes)
-        labels = serving.predicted(p, classes)
-        top = max(labels, key=lambda c: p[list(classes).index(c)]) if labels else None
-        lc, margin, entropy = serving.measures(p)
-        return Scored(top, tuple(labels), serving.sureness(p), lc, margin, entropy)
-
-    def prediction_classes(self, classes: Sequence[str]) -> set[str]:
-        return {str(c) for c in classes}
-
     # ---- reports ------------------------------------------------------------------------------
-    def report_sections(self, run) -> list[ReportSection]:
-        """Per-label precision/recall/F1/AP/ECE table and per-label reliability diagrams; reads
-        ``run.metrics`` (flat name -> value, or a whole metrics.json), ``run.predictions`` (the predictions frame) and ``run.classes``."""
+    def report_sections(self, run: "RunData") -> list[ReportSection]:
+        """Per-label precision/recall/F1/AP/ECE table and per-label reliability diagrams."""
         from conveyor.kinds.multilabel import report
 
-        metrics = run.metrics
-        if isinstance(metrics, Mapping) and isinstance(metrics.get("metrics"), Mapping):  # a whole metrics.json
-            metrics = metrics["metrics"]
-        return report.sections(metrics, getattr(run, "predictions", None), run.classes)
+        return report.sections(run.metrics, run.predictions, run.classes)

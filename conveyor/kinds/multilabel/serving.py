@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from conveyor.labels.hardcases import Scored
+from conveyor.serving.prediction import Prediction
+
 THRESHOLD = 0.5
 
 
@@ -56,7 +59,7 @@ def measures(p: np.ndarray) -> tuple[float, float, float]:
     return _unit(1.0 - sureness(q)), _unit((1.0 - np.abs(2.0 * q - 1.0)).max()), _unit(bits.max())
 
 
-def decode(outputs: Mapping[str, np.ndarray], classes: Sequence[str], threshold: float = THRESHOLD) -> dict[str, Any]:
+def answer(outputs: Mapping[str, np.ndarray], classes: Sequence[str], threshold: float = THRESHOLD) -> dict[str, Any]:
     """The service's answer for one image: ``labels`` (predicted, class order), ``probabilities`` per
     label, ``confidence`` and the ``threshold`` used."""
     p = probabilities(outputs, classes)
@@ -69,6 +72,47 @@ def log_features(answer: Mapping[str, Any]) -> dict[str, Any]:
     none), ``confidence`` and ``predicted_count`` (how many labels)."""
     return {"predicted": ";".join(answer["labels"]), "confidence": float(answer["confidence"]),
             "predicted_count": float(len(answer["labels"]))}
+
+
+def decode(outputs: Mapping[str, np.ndarray], classes: Sequence[str], size: int, width: int,
+           height: int) -> Prediction:
+    """The service's answer (:func:`answer`) and the prediction log's fields (:func:`log_features`)."""
+    payload = answer(outputs, classes)
+    return Prediction(payload, log_features(payload))
+
+
+def score(outputs: Mapping[str, np.ndarray], classes: Sequence[str]) -> Scored:
+    """Hard-case measures of the least sure per-label decision; ``predicted`` is the surest
+    predicted label (None when no label is predicted), ``classes`` every predicted label."""
+    p = probabilities(outputs, classes)
+    labels = predicted(p, classes)
+    names = [str(c) for c in classes]
+    top = max(labels, key=lambda c: p[names.index(c)]) if labels else None
+    lc, margin, entropy = measures(p)
+    return Scored(top, tuple(labels), sureness(p), lc, margin, entropy)
+
+
+def machine_label(outputs: Mapping[str, np.ndarray], classes: Sequence[str], threshold: float,
+                  **ctx: Any) -> list[str] | None:
+    """The predicted label set when every per-label decision is at least ``threshold`` sure, else None."""
+    return machine_labels(outputs, classes, threshold)
+
+
+class LabelSetNames(frozenset):
+    """The label names; ``in`` also accepts a logged label set, names joined by ``;`` ("" for none),
+    as the prediction log's ``predicted`` holds it."""
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, str):
+            return False
+        if frozenset.__contains__(self, value) or value == "":
+            return True
+        return all(frozenset.__contains__(self, part.strip()) for part in value.split(";"))
+
+
+def prediction_classes(classes: Sequence[str]) -> set[str]:
+    """The label names (see :class:`LabelSetNames`: a ``predicted`` of several names passes too)."""
+    return LabelSetNames(str(c) for c in classes)
 
 
 def machine_labels(outputs: Mapping[str, np.ndarray], classes: Sequence[str], threshold: float) -> list[str] | None:

@@ -10,7 +10,12 @@ Every row ends up as an :class:`Item` (accepted for decoding) or a :class:`Quara
 with a reason code (:data:`REASONS`, ingest's codes where they mean the same), the field and a
 detail naming the file, the row and the field; ``len(items) + len(quarantined) == received``.
 Only a manifest that cannot be read at all (missing, empty, unparsable, no ``path`` / ``labels``
-column) raises ``conveyor.data.ingest.IngestError``.
+column) raises ``conveyor.data.records.IngestError``.
+
+:func:`collect_for_ingest` hands the rows to the ingest stage as a
+:class:`conveyor.data.records.Collection`; its :class:`LabelsFinisher` adds the ``labels`` list
+column to the decoded manifest (``label`` stays null) and hashes the label sets into the dataset
+version.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from typing import Any, Sequence
 
 import polars as pl
 
-from conveyor.data import ingest
+from conveyor.data import sources as ingest
+from conveyor.data import records
 
 SEPARATOR = ";"
 REQUIRED_COLUMNS = ("path", "labels")
@@ -152,16 +158,16 @@ def collect(manifest_path: str | Path, classes: Sequence[str] | None) -> Collect
     """
     manifest = Path(manifest_path).resolve()
     if not manifest.is_file():
-        raise ingest.IngestError(f"data.source {manifest} is not a manifest file (data.format: manifest)")
+        raise records.IngestError(f"data.source {manifest} is not a manifest file (data.format: manifest)")
     df = ingest.read_table(manifest, "manifest")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise ingest.IngestError(
+        raise records.IngestError(
             f"manifest {manifest} lacks the required column(s) {', '.join(repr(c) for c in missing)} "
             f"(a multilabel manifest has path and labels); found columns {df.columns}"
         )
     if df.height == 0:
-        raise ingest.IngestError(f"manifest {manifest} has no rows")
+        raise records.IngestError(f"manifest {manifest} has no rows")
     allowed = None if classes is None else list(classes)
     order = {c: i for i, c in enumerate(allowed or [])}
     root = os.path.realpath(manifest.parent)
@@ -222,3 +228,42 @@ def labels_frame(items: Sequence[Item]) -> pl.DataFrame:
     the column the kind adds to the manifest."""
     return pl.DataFrame({"id": [it.rel_path for it in items], "labels": [list(it.labels) for it in items]},
                         schema={"id": pl.String, "labels": pl.List(pl.String)})
+
+
+class LabelsFinisher(records.Finisher):
+    """Adds the ``labels`` list column (by image id) to the decoded manifest and digests it."""
+
+    def __init__(self, classes: Sequence[str] | None, labels: dict[str, list[str]]) -> None:
+        self.classes = None if classes is None else [str(c) for c in classes]
+        self.labels = labels
+
+    def finish(self, manifest: pl.DataFrame) -> records.Annotated:
+        ids = manifest.get_column("id").to_list()
+        col = pl.Series("labels", [self.labels.get(i, []) for i in ids], dtype=pl.List(pl.String))
+        manifest = manifest.with_columns(col)
+        counts: dict[str, int] = {}
+        for names in col.to_list():
+            for n in names:
+                counts[n] = counts.get(n, 0) + 1
+        order = self.classes or sorted(counts)
+        summary = {"format": "manifest", "labels_per_class": {c: counts.get(c, 0) for c in order},
+                   "negative_images": int(sum(1 for v in col.to_list() if not v)),
+                   "labels_total": int(sum(counts.values()))}
+        from conveyor.data.digest import json_rows_digest
+
+        return records.Annotated(manifest, summary=summary, classes=self.classes,
+                                 digest=json_rows_digest(manifest, ("labels",)))
+
+
+def collect_for_ingest(spec: Any, src: Path) -> records.Collection:
+    """The manifest ``src`` as ingest's :class:`~conveyor.data.records.Collection`: one item per
+    accepted row (``label`` None, the label set kept for :class:`LabelsFinisher`), the rejected rows
+    as quarantine records."""
+    classes = list(spec.data.classes) if spec.data.classes is not None else None
+    col = collect(src, classes)
+    items = [records.Item(it.path, it.rel_path, it.row, None, it.camera, it.scene, it.captured_at,
+                          norm_path=os.path.join(col.root, it.rel_path), real_path=it.real_path)
+             for it in col.items]
+    bad = [records.Quarantined(q.path, q.rel_path, q.row, q.field, q.reason, q.detail) for q in col.quarantined]
+    finisher = LabelsFinisher(classes, {it.rel_path: list(it.labels) for it in col.items})
+    return records.Collection(col.root, "manifest", items, bad, col.received, list(col.meta_files), finisher=finisher)
