@@ -24,6 +24,8 @@ def test_segmentation_demo_end_to_end(tmp_path):
     assert first["decision"] == "promoted" and first["model_version"] == 1, first["gate_summary"]
     m = first["metrics"]
     assert m["miou"] >= 0.82 and m["fn_rate[defect]"] <= 0.06 and m["latency_p95_ms"] <= 25
+    assert m["instance_miss_rate[defect]"] <= 0.05  # missed defects counted per instance, not per pixel
+    assert {r["metric"] for r in first["reasons"]} >= {"fn_rate[defect]", "instance_miss_rate[defect]"}
     assert first["dataset"]["quarantined"] == 0
 
     d = second["dataset"]
