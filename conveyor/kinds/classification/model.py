@@ -89,10 +89,16 @@ def unknown_model_message(name: str, field_name: str = "train.model") -> str:
 
 def build_model(model_name: str, num_classes: int, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
     """A randomly initialised timm model (never downloads weights)."""
-    import timm
-
     if num_classes < 2:
         raise ValueError(f"classification needs at least 2 classes, got {num_classes}")
+    return build_timm_model(model_name, num_classes, model_kwargs)
+
+
+def build_timm_model(model_name: str, num_outputs: int, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """A randomly initialised timm model with ``num_outputs`` logits; ``model_kwargs`` go to timm,
+    less the arguments conveyor sets itself."""
+    import timm
+
     if not timm.is_model(model_name):
         raise ValueError(unknown_model_message(model_name))
     kwargs = dict(model_kwargs or {})
@@ -100,7 +106,7 @@ def build_model(model_name: str, num_classes: int, model_kwargs: dict[str, Any] 
         if reserved in kwargs:
             raise ValueError(f"train.model_kwargs: {reserved!r} is set by conveyor and may not be given")
     try:
-        return timm.create_model(model_name, pretrained=False, num_classes=num_classes, **kwargs)
+        return timm.create_model(model_name, pretrained=False, num_classes=num_outputs, **kwargs)
     except TypeError as err:
         raise ValueError(f"train.model_kwargs: {model_name} does not accept these arguments: {err}") from None
 

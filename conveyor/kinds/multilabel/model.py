@@ -45,6 +45,7 @@ from conveyor.kinds.classification.model import (  # noqa: F401 - shared parts o
     normalize,
     predict,
     training_loss,
+    build_timm_model,
     unknown_model_message,
 )
 
@@ -68,20 +69,9 @@ _REQUIRED_COLUMNS = ("id", "path", "labels", "split")
 # ---- model ------------------------------------------------------------------------------------
 def build_model(model_name: str, num_classes: int, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
     """A randomly initialised timm model with one logit per label (never downloads weights)."""
-    import timm
-
     if num_classes < 1:
         raise ValueError(f"multilabel needs at least 1 label, got {num_classes}")
-    if not timm.is_model(model_name):
-        raise ValueError(unknown_model_message(model_name))
-    kwargs = dict(model_kwargs or {})
-    for reserved in ("pretrained", "num_classes"):
-        if reserved in kwargs:
-            raise ValueError(f"train.model_kwargs: {reserved!r} is set by conveyor and may not be given")
-    try:
-        return timm.create_model(model_name, pretrained=False, num_classes=num_classes, **kwargs)
-    except TypeError as err:
-        raise ValueError(f"train.model_kwargs: {model_name} does not accept these arguments: {err}") from None
+    return build_timm_model(model_name, num_classes, model_kwargs)
 
 
 # ---- data -------------------------------------------------------------------------------------
