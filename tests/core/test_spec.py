@@ -21,7 +21,7 @@ def test_errors_name_the_field_and_the_allowed_values():
     with pytest.raises(SpecError) as e:
         spec_from_dict(base(task="detect", split={"group_by": "lens"}, train={"epochs": 0, "bogus": 1}))
     msg = str(e.value)
-    assert "task: must be one of 'classification', 'detection' or 'segmentation'" in msg
+    assert "task: must be one of 'classification', 'detection', 'multilabel' or 'segmentation'" in msg
     assert "split.group_by: must be one of 'camera', 'scene', 'time' or 'none'" in msg
     assert "train.epochs" in msg and "train.bogus: is not a known field" in msg
 
@@ -69,4 +69,5 @@ def test_per_class_rules():
     r = parse_rule("recall[cat] >= 0.8")
     assert (r.metric, r.cls, r.op, r.threshold, r.key) == ("recall", "cat", ">=", 0.8, "recall[cat]")
     with pytest.raises(ValueError, match="no per-class form"):
-        parse_rule("ece[cat] <= 0.1")
+        parse_rule("ece[cat] <= 0.1", "classification")
+    assert parse_rule("ece[cat] <= 0.1", "multilabel").key == "ece[cat]"  # per-label calibration
