@@ -167,7 +167,7 @@ def test_a_kind_refuses_a_source_format_it_does_not_read(tmp_path):
 
 
 def test_spec_task_and_gate_metrics_come_from_the_kinds():
-    with pytest.raises(SpecError, match="task: must be one of 'classification', 'detection' or 'segmentation'"):
+    with pytest.raises(SpecError, match="task: must be one of 'classification', 'detection', 'multilabel' or 'segmentation'"):
         spec_from_dict({"name": "s", "task": "pose", "data": {"source": "."}})
     with pytest.raises(SpecError, match="unknown metric 'map50' for task 'classification'"):
         spec_from_dict({"name": "s", "task": "classification", "data": {"source": "."}, "gates": {"rules": ["map50 >= 0.5"]}})
