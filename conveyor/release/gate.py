@@ -106,9 +106,11 @@ class SliceEvidence:
 
 def slice_evidence(split_path: str | Path, challenger_predictions: str | Path,
                    champion_predictions: str | Path | None, columns: Sequence[str], classes: Sequence[str],
-                   split: str = "test") -> SliceEvidence:
+                   split: str = "test", champion_subset: bool = False) -> SliceEvidence:
     """Join the evaluations' predictions parquets (``conveyor.model.evaluate``) with the ``columns`` of
-    the split table's ``split`` rows. Both models must have been scored on the same images."""
+    the split table's ``split`` rows. Both models must have been scored on the same images, unless
+    ``champion_subset``: the champion's evaluation left out the images of classes it does not know,
+    and the evidence then covers the images both models were scored on."""
     rows = pl.read_parquet(split_path).filter(pl.col("split") == split)
     chal = pl.read_parquet(challenger_predictions).sort("id")
     keep = [c for c in dict.fromkeys(columns) if c in rows.columns and c not in chal.columns]
@@ -116,6 +118,8 @@ def slice_evidence(split_path: str | Path, challenger_predictions: str | Path,
     champ = None
     if champion_predictions is not None:
         champ = pl.read_parquet(champion_predictions).sort("id")
+        if champion_subset and set(champ["id"]) < set(chal["id"]):
+            chal = chal.filter(pl.col("id").is_in(champ["id"].implode()))
         if champ["id"].to_list() != chal["id"].to_list():
             raise ValueError(f"the champion's predictions ({champion_predictions}) are not on the same test images as "
                              f"the challenger's ({challenger_predictions}): a paired comparison needs the same rows")
@@ -123,14 +127,16 @@ def slice_evidence(split_path: str | Path, challenger_predictions: str | Path,
 
 
 def gate_evidence(spec: Spec, split_path: str | Path | None, predictions: str | Path | None,
-                  champion_predictions: str | Path | None, classes: Sequence[str] | None) -> SliceEvidence | None:
+                  champion_predictions: str | Path | None, classes: Sequence[str] | None,
+                  champion_subset: bool = False) -> SliceEvidence | None:
     """The per-image evidence the gate uses, when it uses any: with ``gates.slices``, or with a champion
     scored on the same rows (the paired intervals of the champion comparison). None without predictions."""
     if split_path is None or predictions is None or classes is None:
         return None
     if not spec.gates.slices and champion_predictions is None:
         return None
-    return slice_evidence(split_path, predictions, champion_predictions, spec.gates.slices, classes)
+    return slice_evidence(split_path, predictions, champion_predictions, spec.gates.slices, classes,
+                          champion_subset=champion_subset)
 
 
 def paired_bootstrap(kind: kinds.TaskKind, challenger: pl.DataFrame, champion: pl.DataFrame,

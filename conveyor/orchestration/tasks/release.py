@@ -39,7 +39,8 @@ def gate_task(spec: Spec, challenger: dict, champion: dict | None, champion_vers
     elif same_as_champion:
         decision = skip_decision(champion_version, f"the challenger is champion v{champion_version} (data, spec and code unchanged)")
     else:
-        evidence = gate_evidence(spec, split_path, predictions_path, champion_predictions_path, classes)
+        evidence = gate_evidence(spec, split_path, predictions_path, champion_predictions_path, classes,
+                                 champion_subset=bool(common))
         decision = evaluate_gate(spec, challenger, champion, champion_version, evidence, common=common)
     for o in decision.outcomes:
         (log.info if o.passed else log.warning)("gate %s: %s", o.result.upper(), o.reason)
