@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 import yaml
 
+from helpers.registry import toy_registry
 from helpers.specs import toy_spec_dict
 from helpers.toydata import write_toy_dataset
 from conveyor.core.io import write_parquet_atomic
@@ -30,25 +31,13 @@ def _answer(pid: str, at: datetime, role: str, version: int, confidence: float) 
             "model_version": version, "role": role, "latency_ms": 10.0, "status": "ok"}
 
 
-def _registry(tmp_path, versions: int = 3) -> tuple[Workspace, Registry]:
-    ws = Workspace(tmp_path / "ws")
-    reg = Registry(ws.registry)
-    for v in range(1, versions + 1):
-        ck = tmp_path / f"ck{v}.pt"
-        ck.write_bytes(f"weights {v}".encode())
-        reg.register("toy", files={"checkpoint.pt": str(ck)}, model_hash=f"hash-{v}", metrics={"f1": 0.9},
-                     lineage={}, gate={"decision": "promote"})
-    reg.set_alias("toy", 1, reason="first model")
-    return ws, reg
-
-
 def _canary(tmp_path):
     return spec_from_dict(toy_spec_dict(deploy={"strategy": "canary", "traffic": 0.2, "duration": "1h"}),
                           base_dir=tmp_path)
 
 
 def test_a_rollout_that_rolls_back_withdraws_its_challenger(tmp_path):
-    ws, reg = _registry(tmp_path)
+    ws, reg = toy_registry(tmp_path, 3)
     spec = _canary(tmp_path)
     start_rollout(spec, ws, 2, now=T0)
     assert reg.withdrawal("toy", 2) is None
@@ -64,7 +53,7 @@ def test_a_rollout_that_rolls_back_withdraws_its_challenger(tmp_path):
 
 
 def test_a_manual_rollback_withdraws_the_version_it_moves_away_from(tmp_path):
-    ws, reg = _registry(tmp_path)
+    ws, reg = toy_registry(tmp_path, 3)
     reg.set_alias("toy", 2, reason="promoted")
     res = rollback(reg, "toy", 1, reason="wrong labels on cam-3", workspace=ws, by="alice")
     assert res.champion_version == 1
@@ -74,7 +63,7 @@ def test_a_manual_rollback_withdraws_the_version_it_moves_away_from(tmp_path):
 
 
 def test_only_a_person_sends_a_rolled_back_version_out_again_and_it_is_recorded(tmp_path):
-    ws, reg = _registry(tmp_path)
+    ws, reg = toy_registry(tmp_path, 3)
     reg.set_alias("toy", 2, reason="promoted")
     rollback(reg, "toy", 1, reason="bad night images", workspace=ws, by="alice")
     spec = _canary(tmp_path)
@@ -141,7 +130,7 @@ def test_the_cli_sends_a_rolled_back_version_out_only_with_force_and_a_reason(tm
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(toy_spec_dict(deploy={"strategy": "canary", "traffic": 0.2, "duration": "1h"},
                                                       workspace="ws")))
-    ws, reg = _registry(tmp_path)
+    ws, reg = toy_registry(tmp_path, 3)
     reg.set_alias("toy", 2, reason="promoted")
     assert main(["rollback", str(spec_path), "--to", "1", "--reason", "bad night images", "--by", "alice"]) == 0
     assert reg.withdrawal("toy", 2)["by"] == "alice"

@@ -9,7 +9,6 @@ import json
 import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -22,22 +21,11 @@ from conveyor.release.rollout import (RolloutError, check_rollout, current_state
 from conveyor.core.spec import SpecError, spec_from_dict
 from conveyor.core.io import atomic_write_json, write_parquet_atomic
 from conveyor.core.workspace import Workspace
+from helpers.registry import toy_registry
 from helpers.specs import rollout_spec as make_spec, toy_spec_dict
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
 CLASSES = ["red", "green", "blue"]
-
-
-def setup_registry(tmp_path: Path, versions: int = 2) -> tuple[Workspace, Registry]:
-    ws = Workspace(tmp_path / "ws")
-    reg = Registry(ws.registry)
-    for v in range(1, versions + 1):
-        ck = tmp_path / f"ck{v}.pt"
-        ck.write_bytes(f"weights {v}".encode())
-        reg.register("toy", files={"checkpoint.pt": str(ck)}, model_hash=f"hash-{v}", metrics={"f1": 0.9},
-                     lineage={}, gate={"decision": "promote"})
-    reg.set_alias("toy", 1, reason="first model")
-    return ws, reg
 
 
 def answers(n: int, role: str, version: int, *, start: datetime = T0, errors: int = 0, latency: float = 10.0,
@@ -79,7 +67,7 @@ def finished_events(check) -> list[str]:
 ])
 def test_a_worse_canary_is_rolled_back_with_the_reason_recorded(tmp_path, worse, alert):
     spec = make_spec(tmp_path)
-    ws, reg = setup_registry(tmp_path)
+    ws, reg = toy_registry(tmp_path)
     st = start_rollout(spec, ws, 2, now=T0)
     assert json.loads(rollout_path(ws, "toy").read_text())["status"] == "running"
     write_log(ws, answers(200, "champion", 1) + answers(50, "challenger", 2, **worse))
@@ -107,7 +95,7 @@ def test_a_worse_canary_is_rolled_back_with_the_reason_recorded(tmp_path, worse,
 
 def test_a_good_canary_is_promoted_at_the_end_of_the_window(tmp_path):
     spec = make_spec(tmp_path)
-    ws, reg = setup_registry(tmp_path)
+    ws, reg = toy_registry(tmp_path)
     st = start_rollout(spec, ws, 2, now=T0)
     assert (st.strategy, st.champion, st.challenger, st.traffic, st.sticky_header) == ("canary", 1, 2, 0.2,
                                                                                        "X-Request-Key")
@@ -133,7 +121,7 @@ def test_a_good_canary_is_promoted_at_the_end_of_the_window(tmp_path):
 
 def test_shadow_disagreement_above_the_limit_rolls_back(tmp_path):
     spec = make_spec(tmp_path, strategy="shadow")
-    ws, reg = setup_registry(tmp_path)
+    ws, reg = toy_registry(tmp_path)
     start_rollout(spec, ws, 2, now=T0)
     ids = [f"req-{i}" for i in range(40)]
     # the shadow answers the same requests; it differs on 12 of 40 (30% > 20%)
@@ -148,7 +136,7 @@ def test_shadow_disagreement_above_the_limit_rolls_back(tmp_path):
 
 def test_not_enough_traffic_extends_the_rollout_then_rolls_back_for_lack_of_evidence(tmp_path):
     spec = make_spec(tmp_path)  # duration 1h; max_duration defaults to three times that
-    ws, reg = setup_registry(tmp_path)
+    ws, reg = toy_registry(tmp_path)
     st = start_rollout(spec, ws, 2, now=T0)
     assert datetime.fromisoformat(st.deadline) == T0 + timedelta(hours=3)
     write_log(ws, answers(100, "champion", 1) + answers(5, "challenger", 2, errors=2))  # 40% errors, but 5 answers
@@ -168,7 +156,7 @@ def test_an_alert_that_cannot_be_judged_blocks_promotion(tmp_path):
     """Enough answers, but the feedback precision alert has too little labelled feedback: the
     rollout does not promote on missing evidence."""
     spec = make_spec(tmp_path, alerts={"min_feedback_precision": 0.8}, max_duration="2h")
-    ws, reg = setup_registry(tmp_path)
+    ws, reg = toy_registry(tmp_path)
     start_rollout(spec, ws, 2, now=T0)
     write_log(ws, answers(200, "champion", 1) + answers(50, "challenger", 2))
     end = check_rollout(spec, ws, now=T0 + timedelta(hours=1, seconds=1))
@@ -188,7 +176,7 @@ def test_max_duration_shorter_than_the_window_is_refused(tmp_path):
 # ---- blue_green ------------------------------------------------------------------------------------
 def test_blue_green_bakes_under_the_alerts_before_it_promotes(tmp_path):
     spec = make_spec(tmp_path, strategy="blue_green", bake="10m")
-    ws, reg = setup_registry(tmp_path)
+    ws, reg = toy_registry(tmp_path)
     st = start_rollout(spec, ws, 2, now=T0)
     assert st.traffic == 1.0 and st.bake == "10m"
     service = ws.state("toy") / "service.json"
@@ -215,7 +203,7 @@ def test_blue_green_bakes_under_the_alerts_before_it_promotes(tmp_path):
 
 def test_blue_green_rolls_back_on_an_alert_during_its_bake(tmp_path):
     spec = make_spec(tmp_path, strategy="blue_green", bake="10m")
-    ws, reg = setup_registry(tmp_path)
+    ws, reg = toy_registry(tmp_path)
     st = start_rollout(spec, ws, 2, now=T0)
     atomic_write_json(ws.state("toy") / "service.json", {"updated_at": T0.isoformat(), "ready": [1, 2],
                                                          "rollout_id": st.rollout_id})
@@ -227,7 +215,7 @@ def test_blue_green_rolls_back_on_an_alert_during_its_bake(tmp_path):
 
 def test_blue_green_rolls_back_when_the_service_never_gets_ready(tmp_path):
     spec = make_spec(tmp_path, strategy="blue_green", duration="10m")
-    ws, reg = setup_registry(tmp_path)
+    ws, reg = toy_registry(tmp_path)
     start_rollout(spec, ws, 2, now=T0)
     assert check_rollout(spec, ws, now=T0 + timedelta(minutes=9)).decision.action == "continue"
     end = check_rollout(spec, ws, now=T0 + timedelta(minutes=10))
@@ -239,7 +227,7 @@ def test_blue_green_rolls_back_when_the_service_never_gets_ready(tmp_path):
 # ---- manual rollback, agreement of registry and rollout state ----------------------------------------
 def test_manual_rollback_during_a_rollout_ends_it(tmp_path):
     spec = make_spec(tmp_path)
-    ws, reg = setup_registry(tmp_path, versions=3)
+    ws, reg = toy_registry(tmp_path, versions=3)
     st = start_rollout(spec, ws, 2, now=T0)
     # `conveyor rollback --to <champion>` aborts the rollout; the alias does not move
     res = rollback(reg, "toy", 1, reason="support tickets about v2")
@@ -267,7 +255,7 @@ def test_manual_rollback_during_a_rollout_ends_it(tmp_path):
 
 def test_registry_and_rollout_state_agree_after_promote_rollback_and_restart(tmp_path):
     spec = make_spec(tmp_path)
-    ws, reg = setup_registry(tmp_path, versions=3)
+    ws, reg = toy_registry(tmp_path, versions=3)
     with pytest.raises(RolloutError, match="already the champion"):
         start_rollout(spec, ws, 1, now=T0)
     with pytest.raises(RolloutError, match="promotion replaces the champion at once"):
@@ -336,7 +324,7 @@ def test_feedback_precision_below_the_minimum_rolls_back(tmp_path):
                               "alerts": {"min_feedback_precision": 0.8, "min_feedback": 10}},
                       triggers={"performance": {"below": 0.5, "feedback": "feedback.csv"}})
     spec = spec_from_dict(d, base_dir=tmp_path)
-    ws, reg = setup_registry(tmp_path)
+    ws, reg = toy_registry(tmp_path)
     start_rollout(spec, ws, 2, now=T0)
     # the challenger says green for every other request; the truth is red throughout
     write_log(ws, answers(40, "champion", 1) + answers(40, "challenger", 2, predicted=["red", "green"]))
@@ -357,7 +345,7 @@ def test_too_little_feedback_is_not_judged(tmp_path):
                               "alerts": {"min_feedback_precision": 0.8}},  # min_feedback 20
                       triggers={"performance": {"below": 0.5, "feedback": "feedback.csv"}})
     spec = spec_from_dict(d, base_dir=tmp_path)
-    ws, _ = setup_registry(tmp_path)
+    ws, _ = toy_registry(tmp_path)
     start_rollout(spec, ws, 2, now=T0)
     write_log(ws, answers(40, "champion", 1) + answers(40, "challenger", 2, predicted="green"))
     pl.DataFrame({"timestamp": [T0.isoformat()] * 5, "label": ["red"] * 5,
@@ -397,7 +385,7 @@ def test_spec_defaults():
 def test_cli_rollout_status_and_manual_rollback(tmp_path, capsys):
     from conveyor.cli.main import main
 
-    ws, reg = setup_registry(tmp_path)
+    ws, reg = toy_registry(tmp_path)
     d = toy_spec_dict(deploy={"strategy": "canary", "traffic": 0.2, "duration": "1h"}, workspace=str(tmp_path / "ws"))
     p = tmp_path / "spec.yaml"
     p.write_text(yaml.safe_dump(d))
@@ -427,7 +415,7 @@ def test_cli_rollout_status_and_manual_rollback(tmp_path, capsys):
 def test_rollout_flow_watches_and_promotes_at_the_end(prefect_harness, tmp_path):
     from conveyor.orchestration.flows.rollout import rollout_flow
 
-    ws, reg = setup_registry(tmp_path)
+    ws, reg = toy_registry(tmp_path)
     d = toy_spec_dict(deploy={"strategy": "canary", "traffic": 0.5, "duration": "3s", "check_every": "1s"},
                       workspace=str(tmp_path / "ws"))
     p = tmp_path / "spec.yaml"
